@@ -1,0 +1,77 @@
+"""The exceptions this package raises.
+
+Every refusal made by one of our own policies (a breaker that is open, and in later modules a rate
+limiter, a bulkhead or a load shedder) is a :class:`RejectedError`. A rejection means the call was
+never made, so retrying it at once is pointless: retries never retry rejections unless told to.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitBreakerOpenError",
+    "PermanentError",
+    "RejectedError",
+    "ResilienceError",
+    "ThrottledError",
+    "TransientError",
+]
+
+
+class ResilienceError(Exception):
+    """Base class of every exception raised by sage-resilience itself."""
+
+
+class RejectedError(ResilienceError):
+    """A call refused locally by one of our policies; the dependency was not called.
+
+    Attributes:
+        name: the name of the policy that refused.
+        reason: a short machine-readable reason (``"breaker_open"``, ``"half_open_full"``, ...).
+        retry_after: seconds until a call may be admitted again, when known; ``None`` otherwise.
+    """
+
+    def __init__(
+        self, message: str, *, name: str, reason: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class CircuitBreakerOpenError(RejectedError):
+    """The circuit breaker ``name`` refused the call (open, or half-open with every trial taken)."""
+
+    def __init__(
+        self, name: str, retry_after: float | None = None, *, reason: str = "breaker_open"
+    ) -> None:
+        when = "until reset" if retry_after is None else f"retry after {retry_after:.3f}s"
+        super().__init__(
+            f"circuit breaker {name!r} is open ({when})",
+            name=name,
+            reason=reason,
+            retry_after=retry_after,
+        )
+
+
+class TransientError(Exception):
+    """Mark an error as transient: worth retrying, counted by breakers.
+
+    Subclass it (alone or beside another base) to classify your own exceptions explicitly.
+    """
+
+
+class PermanentError(Exception):
+    """Mark an error as permanent (4xx-like): never retried by default, never trips a breaker."""
+
+
+class ThrottledError(TransientError):
+    """The dependency asked us to slow down (HTTP 429, 503 with Retry-After, gRPC pushback).
+
+    Attributes:
+        retry_after: the server's hint in seconds, if it gave one.
+    """
+
+    def __init__(self, message: str = "throttled", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

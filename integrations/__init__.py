@@ -1,0 +1,3 @@
+"""sage_resilience.integrations: adapters to real systems and telemetry backends."""
+
+__all__: list[str] = []
