@@ -90,6 +90,20 @@ def _aflaky_factory() -> Callable[[], Awaitable[int]]:
     return flaky
 
 
+def _floor_sync() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        return _sync_ok(*args, **kwargs)
+
+    return _sync_ok, passthrough
+
+
+def _floor_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    async def passthrough(*args: Any, **kwargs: Any) -> Any:
+        return await _async_ok(*args, **kwargs)
+
+    return _async_ok, passthrough
+
+
 def _zero_retry() -> Retry:
     return Retry(RetryConfig(max_attempts=3, initial_delay=0.0, max_delay=0.0), name="bench")
 
@@ -148,6 +162,9 @@ def _retry_path_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
 
 
 CASES: list[Case] = [
+    # The floor: what any decorator costs (a pass-through *args/**kwargs wrapper).
+    Case("pass-through wrapper (floor)", "sync", _floor_sync),
+    Case("pass-through wrapper (floor)", "async", _floor_async),
     Case("retry", "sync", _retry_sync, 300),
     Case("retry", "async", _retry_async, 400),
     Case("breaker (closed)", "sync", _breaker_sync, 300),

@@ -20,7 +20,16 @@ from .classify import (
     register_classifier,
     unregister_classifier,
 )
-from .clock import SYSTEM_CLOCK, Clock, FakeClock, RandomSource, SystemClock
+from .clock import (
+    SYSTEM_CLOCK,
+    Clock,
+    FakeClock,
+    RandomSource,
+    SystemClock,
+    default_clock,
+    resolve_clock,
+    use_clock,
+)
 from .errors import (
     CircuitBreakerOpenError,
     PermanentError,
@@ -38,6 +47,7 @@ from .events import (
     RetryAttempted,
     RetryGaveUp,
     RetrySucceeded,
+    SettingChanged,
 )
 from .presets import (
     DATABASE_BREAKER_CONFIG,
@@ -92,6 +102,7 @@ __all__ = [
     "RetryStats",
     "RetryStrategy",
     "RetrySucceeded",
+    "SettingChanged",
     "SystemClock",
     "ThrottledError",
     "TimeWindow",
@@ -101,9 +112,12 @@ __all__ = [
     "breaker_manager",
     "circuit_breaker",
     "classify",
+    "default_clock",
     "is_transient_database_error",
     "is_transient_network_error",
     "register_classifier",
+    "resolve_clock",
     "retry",
     "unregister_classifier",
+    "use_clock",
 ]

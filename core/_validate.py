@@ -76,9 +76,11 @@ def check_probability(name: str, value: object) -> float | None:
 
 
 def check_callable(name: str, value: object) -> Callable[..., Any] | None:
-    if value is not None and not callable(value):
+    if value is None:
+        return None
+    if not callable(value):
         raise TypeError(f"{name} must be callable or None, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_exceptions(name: str, value: object) -> tuple[type[BaseException], ...]:

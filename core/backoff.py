@@ -115,6 +115,10 @@ class Backoff:
 
     def _capped(self, n: int) -> float:
         d0, cap = self.initial_delay, self.max_delay
+        if d0 == 0.0:
+            # Every strategy scales d0; short-circuit so the overflow fallback below (which
+            # assumes growth towards the cap) cannot turn 0 * huge into the cap.
+            return 0.0
         strategy = self.strategy
         if strategy is RetryStrategy.FIXED or strategy is RetryStrategy.DECORRELATED:
             raw = d0
@@ -127,11 +131,15 @@ class Backoff:
                 raw = cap
         else:  # FIBONACCI
             a, b = 1, 1
-            for _ in range(n - 1):
-                a, b = b, a + b
-                if d0 * a >= cap:
-                    break
-            raw = d0 * a
+            try:
+                for _ in range(n - 1):
+                    a, b = b, a + b
+                    if d0 * a >= cap:
+                        break
+                raw = d0 * a
+            except OverflowError:
+                # F(n) beyond float range before d0 * F(n) reached the cap (a subnormal d0).
+                raw = cap
         return raw if raw < cap else cap
 
     def base_delay(self, retry: int) -> float:

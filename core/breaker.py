@@ -45,7 +45,7 @@ from ._validate import (
     check_probability,
 )
 from .classify import FailureKind, classify
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import Clock, resolve_clock
 from .errors import CircuitBreakerOpenError
 from .events import (
     BreakerOutcome,
@@ -329,7 +329,7 @@ class CircuitBreaker(Observable):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
         elif overrides:
             config = replace(config, **overrides)
-        clock = SYSTEM_CLOCK if clock is None else clock
+        clock = resolve_clock(clock)
         if not callable(getattr(clock, "now", None)):
             raise TypeError(f"clock must provide now(), got {clock!r}")
         self.name = name
@@ -438,8 +438,12 @@ class CircuitBreaker(Observable):
         The permit must be handed back to exactly one of :meth:`on_success`, :meth:`on_failure`,
         :meth:`on_ignored`, :meth:`on_exception` or :meth:`release`.
         """
+        # Read the generation before the state: a generation read after a CLOSED state could
+        # already belong to a half-open breaker (two transitions in between) and would then be a
+        # trial permit that no slot was taken for. Read first, it is at worst stale.
+        gen = self._gen
         if self._state is _CLOSED:
-            return self._gen
+            return gen
         pending: list[Event | tuple[Callable[..., object], int]] = []
         try:
             with self._lock:
@@ -535,7 +539,8 @@ class CircuitBreaker(Observable):
                 elif state is _CLOSED:
                     # Consecutive failures without a store on the success path: the run
                     # continues only if no success was counted since the previous failure.
-                    successes = self._window.total_successes
+                    # Cumulative successes include those of windows replaced by update_config.
+                    successes = self._base_successes + self._window.total_successes
                     if successes == self._successes_at_failure:
                         self._consecutive += 1
                     else:
@@ -589,9 +594,18 @@ class CircuitBreaker(Observable):
             self._half_open_in_flight -= 1
 
     def on_exception(self, permit: int, exception: BaseException, duration: float = 0.0) -> None:
-        """Classify ``exception`` and report it as a failure, an ignored call, or release."""
-        kind = classify(exception)
+        """Classify ``exception`` and report it as a failure, an ignored call, or release.
+
+        The permit is always handed back: a classifier or ``failure_condition`` that raises is
+        logged and the exception counts as a failure if it is an expected one (a leaked
+        half-open permit would keep the breaker half-open and full until :meth:`reset`).
+        """
         config = self.config
+        try:
+            kind = classify(exception)
+        except Exception:
+            _log.exception("circuit breaker %r: classifying %r failed", self.name, exception)
+            kind = FailureKind.TRANSIENT if isinstance(exception, Exception) else FailureKind.ABORT
         if kind is FailureKind.ABORT:
             self.release(permit)
         elif (
@@ -599,11 +613,28 @@ class CircuitBreaker(Observable):
             or kind is FailureKind.PERMANENT
             or (config.ignore_exceptions and isinstance(exception, config.ignore_exceptions))
             or not isinstance(exception, config.expected_exception)
-            or (config.failure_condition is not None and not config.failure_condition(exception))
+            or (
+                config.failure_condition is not None
+                and not self._failure_condition_holds(config.failure_condition, exception)
+            )
         ):
             self.on_ignored(permit, duration, exception)
         else:
             self.on_failure(permit, duration, exception)
+
+    def _failure_condition_holds(
+        self, condition: Callable[[BaseException], bool], exception: BaseException
+    ) -> bool:
+        try:
+            return bool(condition(exception))
+        except Exception:
+            _log.exception(
+                "circuit breaker %r: failure_condition %r failed on %r; counted as a failure",
+                self.name,
+                condition,
+                exception,
+            )
+            return True
 
     def _outcome_event(
         self, now: float, outcome: str, duration: float, slow: bool, exc: str | None
@@ -620,7 +651,14 @@ class CircuitBreaker(Observable):
     # -- when to trip --------------------------------------------------------------------------
 
     def _should_trip(self, now: float) -> str:
-        """The reason to open now, or ``""``. Called in CLOSED under the lock."""
+        """The reason to open now, or ``""``. Called in CLOSED under the lock.
+
+        It runs when a failure or a slow call is recorded (the only outcomes that can raise a
+        rate), so the closed-state success path stays a plain increment: a success that merely
+        lifts the window to ``minimum_calls`` does not trip it, the next failure or slow call
+        does. A count window smaller than ``minimum_calls`` uses its size as the minimum (as
+        Resilience4j does), else it could never hold enough calls to trip.
+        """
         config = self.config
         if config.failure_threshold is not None and self._consecutive >= config.failure_threshold:
             return "consecutive_failures"
@@ -628,12 +666,19 @@ class CircuitBreaker(Observable):
         slow_rate = config.slow_call_rate_threshold
         if rate is None and slow_rate is None:
             return ""
-        snap = self._window.snapshot(now)
-        if snap.calls < config.minimum_calls:
+        window = self._window
+        snap = window.snapshot(now)
+        minimum = config.minimum_calls
+        if isinstance(window, CountWindow) and window.size < minimum:
+            minimum = window.size
+        if snap.calls < minimum:
             return ""
-        if rate is not None and snap.failures >= rate * snap.calls:
+        # Compare the ratio, not ``failures >= rate * calls``: the quotient of two integers
+        # rounds to the same double as the threshold written in decimal (7/25 == 0.28), while
+        # the product can land above the integer (0.28 * 25 > 7) and miss an exact hit.
+        if rate is not None and snap.failures / snap.calls >= rate:
             return "failure_rate"
-        if slow_rate is not None and snap.slow_calls >= slow_rate * snap.calls:
+        if slow_rate is not None and snap.slow_calls / snap.calls >= slow_rate:
             return "slow_call_rate"
         return ""
 
@@ -740,14 +785,15 @@ class CircuitBreaker(Observable):
 
     def stats(self) -> CircuitBreakerStats:
         """Counts, state and timing at this moment."""
-        state = self.state
+        _ = self.state  # moves an open breaker whose timeout elapsed to half-open
         with self._lock:
             now = self._now()
             window = self._window
             successes = self._base_successes + window.total_successes
             failures = self._base_failures + window.total_failures
             snap = window.snapshot(now)
-            if state is _OPEN:
+            # The state read under the lock, so that state and retry_after agree.
+            if self._state is _OPEN:
                 retry_after = None if self._forced else max(0.0, self._open_until - now)
             else:
                 retry_after = 0.0
@@ -895,7 +941,8 @@ def circuit_breaker(
     creating it on first use: two functions decorated with the same name share one breaker. The
     same name with different settings is a ``ValueError``. The breaker decorates sync and async
     functions; the wrapper exposes it as ``.breaker``. ``kwargs`` are further
-    :class:`CircuitBreakerConfig` fields.
+    :class:`CircuitBreakerConfig` fields. With ``config=`` the three positional settings are
+    ignored (as in :func:`~.retry.retry`); give changes to it as keyword overrides in ``kwargs``.
     """
     from .registry import breaker_manager  # noqa: PLC0415 - registry imports this module
 
@@ -910,6 +957,8 @@ def circuit_breaker(
         config = replace(config, **kwargs)
     target = breaker_manager if registry is None else registry
     breaker = target.get_or_create(name, config, clock=clock)
+    if not isinstance(breaker, CircuitBreaker):
+        raise ValueError(f"{name!r} is registered as a {type(breaker).__name__}, not a breaker")
     for listener in listeners:
         breaker.add_listener(listener)
     return breaker

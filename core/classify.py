@@ -20,6 +20,7 @@ it has no opinion.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Callable
 
@@ -46,6 +47,7 @@ class FailureKind(enum.Enum):
 
 Classifier = Callable[[BaseException], FailureKind | None]
 
+_log = logging.getLogger("sage_resilience")
 _classifiers: tuple[Classifier, ...] = ()
 _lock = threading.Lock()
 
@@ -86,6 +88,7 @@ def _kind_of_class(cls: type[BaseException]) -> FailureKind | None:
 # stays small, and classifying a seen class is one dictionary lookup.
 _by_class: dict[type[BaseException], FailureKind | None] = {}
 _UNSEEN = object()
+_CACHE_LIMIT = 4096
 
 
 def classify(exc: BaseException) -> FailureKind:
@@ -93,11 +96,18 @@ def classify(exc: BaseException) -> FailureKind:
     cls = type(exc)
     kind = _by_class.get(cls, _UNSEEN)
     if kind is _UNSEEN:
+        if len(_by_class) >= _CACHE_LIMIT:  # classes made on the fly: keep the cache bounded
+            _by_class.clear()
         kind = _by_class[cls] = _kind_of_class(cls)
     if kind is not None:
         return kind  # type: ignore[return-value]
     for classifier in _classifiers:
-        found = classifier(exc)
+        try:
+            found = classifier(exc)
+        except Exception:
+            # A broken classifier must not replace the user's exception with its own.
+            _log.exception("sage_resilience classifier %r failed on %r", classifier, exc)
+            continue
         if found is not None:
             return found
     return FailureKind.TRANSIENT

@@ -7,9 +7,13 @@ never made, so retrying it at once is pointless: retries never retry rejections 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "BulkheadFull",
     "CircuitBreakerOpenError",
     "PermanentError",
+    "RateLimitExceeded",
     "RejectedError",
     "ResilienceError",
     "ThrottledError",
@@ -38,6 +42,16 @@ class RejectedError(ResilienceError):
         self.reason = reason
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds with ``cls(*args)``, which cannot work with keyword-only fields
+        # (pickling, ``copy.copy`` and process pools failed). Rebuild without ``__init__`` from
+        # the message and the attributes instead; subclasses with other signatures inherit it.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[RejectedError], args: tuple[Any, ...]) -> RejectedError:
+    return cls.__new__(cls, *args)
+
 
 class CircuitBreakerOpenError(RejectedError):
     """The circuit breaker ``name`` refused the call (open, or half-open with every trial taken)."""
@@ -52,6 +66,26 @@ class CircuitBreakerOpenError(RejectedError):
             reason=reason,
             retry_after=retry_after,
         )
+
+
+class RateLimitExceeded(RejectedError):
+    """The rate limiter ``name`` could not grant a token within the allowed wait."""
+
+    def __init__(self, name: str, retry_after: float | None = None) -> None:
+        when = "" if retry_after is None else f"; a token in {retry_after:.3f}s"
+        super().__init__(
+            f"rate limiter {name!r} refused the call{when}",
+            name=name,
+            reason="rate_limited",
+            retry_after=retry_after,
+        )
+
+
+class BulkheadFull(RejectedError):
+    """The bulkhead ``name`` had no free slot (its queue was full, or the wait timed out)."""
+
+    def __init__(self, name: str, *, reason: str = "bulkhead_full") -> None:
+        super().__init__(f"bulkhead {name!r} is full ({reason})", name=name, reason=reason)
 
 
 class TransientError(Exception):

@@ -12,6 +12,7 @@ Logging, Prometheus and OpenTelemetry are listeners (see :mod:`sage_resilience.i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -26,10 +27,15 @@ __all__ = [
     "RetryAttempted",
     "RetryGaveUp",
     "RetrySucceeded",
+    "SettingChanged",
     "emit",
 ]
 
 _log = logging.getLogger("sage_resilience")
+
+# Serialises the read-modify-write of listener tuples (two threads adding at once must not lose
+# one); never held while delivering, so the hot path never touches it.
+_change_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +107,17 @@ class RetryGaveUp(Event):
     exception: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettingChanged(Event):
+    """A policy's setting changed at runtime (a rate, a limit, a threshold), by a controller or
+    by hand; ``reason`` says who or why."""
+
+    setting: str
+    old: float
+    new: float
+    reason: str
+
+
 @runtime_checkable
 class Listener(Protocol):
     """Receives events; any ``(event) -> None`` callable qualifies."""
@@ -132,13 +149,23 @@ class Observable:
         """Deliver this policy's events to ``listener`` too (adding it twice has no effect)."""
         if not callable(listener):
             raise TypeError(f"listener must be callable, got {listener!r}")
-        if listener not in self._listeners:
+        with _change_lock:
+            if listener in self._listeners:
+                return
             self._listeners = (*self._listeners, listener)
-            self._listeners_changed()
+        self._listeners_changed()
 
     def remove_listener(self, listener: Listener) -> None:
-        """Stop delivering to ``listener`` (no error if it was not attached)."""
-        self._listeners = tuple(x for x in self._listeners if x is not listener)
+        """Stop delivering to ``listener`` (no error if it was not attached).
+
+        Listeners are matched by equality, as :meth:`add_listener` does: a bound method such as
+        ``collector.append`` is a new object at each access, so identity would never match it.
+        """
+        with _change_lock:
+            kept = tuple(x for x in self._listeners if x != listener)
+            if len(kept) == len(self._listeners):
+                return
+            self._listeners = kept
         self._listeners_changed()
 
     @property

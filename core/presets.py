@@ -90,7 +90,8 @@ DATABASE_RETRY_CONFIG = RetryConfig(
     jitter=True,
     retry_condition=is_transient_database_error,
 )
-"""3 attempts, 0.5 s exponential with the seed's jitter; connection-level errors only."""
+"""3 attempts, 0.5 s exponential (x2, capped at 10 s) with the seed's jitter; connection-level
+errors only."""
 
 NETWORK_RETRY_CONFIG = RetryConfig(
     max_attempts=4,
@@ -100,7 +101,8 @@ NETWORK_RETRY_CONFIG = RetryConfig(
     jitter=True,
     retry_condition=is_transient_network_error,
 )
-"""4 attempts, 1 s exponential capped at 30 s; connection errors, timeouts, 429 and 5xx only."""
+"""4 attempts, 1 s exponential (x2, capped at 30 s) with the seed's jitter; connection errors,
+timeouts, 408, 425, 429 and 5xx gateway/unavailable answers only."""
 
 DEFAULT_BREAKER_CONFIG = CircuitBreakerConfig()
 """The seed's defaults: open after 5 consecutive failures, 60 s recovery, 2 trial successes."""

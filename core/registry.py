@@ -8,6 +8,7 @@ manual reset did nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -38,6 +39,28 @@ def _make_breaker(name: str, config: Any, clock: Clock | None) -> NamedPolicy:
 
 def _make_retry(name: str, config: Any, clock: Clock | None) -> NamedPolicy:
     return Retry(config if clock is None else replace(config, clock=clock), name=name)
+
+
+def _is_exception_class(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _settings(config: Any) -> object:
+    """What must match for a second ``get_or_create`` of a name: the config's compared fields,
+    with exception classes as sets (``(A, B)`` and ``(B, A)`` name the same classes)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    settings: list[tuple[str, object]] = []
+    for f in dataclasses.fields(config):
+        if not f.compare:
+            continue
+        value = getattr(config, f.name)
+        if _is_exception_class(value):
+            value = frozenset((value,))
+        elif isinstance(value, tuple) and value and all(_is_exception_class(v) for v in value):
+            value = frozenset(value)
+        settings.append((f.name, value))
+    return tuple(settings)
 
 
 class Registry:
@@ -99,12 +122,17 @@ class Registry:
         *,
         clock: Clock | None = None,
     ) -> Any:
-        """The policy ``name``, built from ``config`` if absent (default: a breaker).
+        """The policy ``name``, built from ``config`` if absent (default: a breaker with the
+        default config).
 
-        If it exists, ``config`` must match its settings (numeric fields and exception classes;
-        callbacks and the clock are not compared, the first ones stay), else ``ValueError``.
+        If it exists, ``config`` must match its settings (numeric fields and exception classes,
+        in any order; callbacks and the clock are not compared, the first ones stay), else
+        ``ValueError``. Without a config the existing policy is returned as it is.
         """
         if config is None:
+            existing = self._policies.get(name)
+            if existing is not None:
+                return existing
             config = CircuitBreakerConfig()
         factory = self._factories.get(type(config))
         if factory is None:
@@ -118,7 +146,7 @@ class Registry:
                     raise ValueError(
                         f"{name!r} is already registered as a {type(existing).__name__}"
                     )
-                if existing_config != config:
+                if _settings(existing_config) != _settings(config):
                     raise ValueError(
                         f"{name!r} is already registered with different settings: "
                         f"{existing_config!r} != {config!r}"
@@ -132,8 +160,9 @@ class Registry:
         return created
 
     def get_breaker(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
-        """The seed's spelling of :meth:`get_or_create` for breakers."""
-        breaker = self.get_or_create(name, config or CircuitBreakerConfig())
+        """The seed's spelling of :meth:`get_or_create` for breakers (without a config, an
+        existing breaker is returned whatever its settings)."""
+        breaker = self.get_or_create(name, config)
         if not isinstance(breaker, CircuitBreaker):
             raise ValueError(f"{name!r} is not a circuit breaker")
         return breaker
@@ -178,7 +207,8 @@ class Registry:
 
     def remove_listener(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
+            # Equality, not identity: ``obj.method`` is a new bound method at each access.
+            self._listeners = tuple(x for x in self._listeners if x != listener)
             policies = list(self._policies.values())
         for policy in policies:
             remove = getattr(policy, "remove_listener", None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import random as _random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,9 +40,11 @@ from ._validate import (
 )
 from .backoff import Backoff, Jitter, RetryStrategy
 from .classify import FailureKind, classify
-from .clock import SYSTEM_CLOCK, Clock, RandomSource
+from .clock import SYSTEM_CLOCK, Clock, RandomSource, resolve_clock
 from .errors import RejectedError
 from .events import Listener, Observable, RetryAttempted, RetryGaveUp, RetrySucceeded, emit
+
+_log = logging.getLogger("sage_resilience")
 
 __all__ = ["AttemptContext", "Retry", "RetryConfig", "RetryStats", "retry"]
 
@@ -71,7 +74,8 @@ class RetryConfig:
             result is returned.
         deadline: total seconds for the whole call, attempts and sleeps included; no sleep that
             would end after it, no attempt started after it.
-        clock: time source (default the system's monotonic clock).
+        clock: time source (default the system's monotonic clock, or the clock set by
+            :func:`~.clock.use_clock` when the policy is built).
         random: ``() -> float`` in [0, 1) for jitter (default ``random.random``).
     """
 
@@ -133,7 +137,7 @@ class RetryConfig:
             check_callable(name, getattr(self, name))
         setattr_(self, "deadline", check_optional_float("deadline", self.deadline, positive=True))
         clock = self.clock
-        if not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
+        if not all(callable(getattr(clock, m, None)) for m in ("now", "sleep", "asleep")):
             raise TypeError(f"clock must provide now(), sleep() and asleep(), got {clock!r}")
         if not callable(self.random):
             raise TypeError(f"random must be a zero-argument callable, got {self.random!r}")
@@ -143,9 +147,10 @@ class RetryConfig:
 class RetryStats:
     """Counts of one retry policy since it was created (or :meth:`Retry.reset_stats`).
 
-    ``calls`` = ``successes`` + ``failures``; ``attempts`` = ``calls`` + ``retries``;
-    ``gave_up`` counts the failures that ran out of attempts or deadline (the rest of
-    ``failures`` were not retryable).
+    ``calls`` = ``successes`` + ``failures`` + ``aborted``; ``attempts`` = ``calls`` +
+    ``retries``; ``gave_up`` counts the failures that ran out of attempts or deadline (the rest of
+    ``failures`` were not retryable); ``aborted`` counts calls ended by cancellation,
+    ``KeyboardInterrupt`` or ``SystemExit``, which are never failures.
     """
 
     name: str
@@ -155,6 +160,21 @@ class RetryStats:
     successes: int
     failures: int
     gave_up: int
+    aborted: int = 0
+
+
+def _run_hook(name: str, hook: Callable[..., object], *args: Any) -> None:
+    """Call a user hook; one that raises is logged and never replaces the caller's outcome."""
+    try:
+        hook(*args)
+    except Exception:
+        _log.exception("retry %r: hook %r failed", name, hook)
+
+
+def _bind_default_clock(config: RetryConfig) -> RetryConfig:
+    """A config on the system clock takes the default clock (see :func:`~.clock.use_clock`)."""
+    clock = resolve_clock(config.clock)
+    return config if clock is config.clock else replace(config, clock=clock)
 
 
 def _is_plain(config: RetryConfig) -> bool:
@@ -171,7 +191,9 @@ _NOT_RETRYABLE: Final = -1.0
 _EXHAUSTED: Final = -2.0
 _DEADLINE: Final = -3.0
 _HINT_TOO_LONG: Final = -4.0
+_ABORTED: Final = -5.0
 _STOP_REASONS: Final = {
+    _ABORTED: "aborted",
     _NOT_RETRYABLE: "not_retryable",
     _EXHAUSTED: "attempts_exhausted",
     _DEADLINE: "deadline",
@@ -181,6 +203,18 @@ _ABORT = FailureKind.ABORT
 _REJECTED = FailureKind.REJECTED
 _PERMANENT = FailureKind.PERMANENT
 _THROTTLED = FailureKind.THROTTLED
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` returns a coroutine: a coroutine function, or an object whose
+    ``__call__`` is one (``inspect.iscoroutinefunction`` says no to such an instance), possibly
+    behind ``functools.partial``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # ``fn`` is callable, so its type has ``__call__``.
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 
 
 class Retry(Observable):
@@ -197,6 +231,7 @@ class Retry(Observable):
         "_first_ok",
         "_lock",
         "_plain",
+        "_slow_aborted",
         "_slow_attempts",
         "_slow_calls",
         "_slow_gave_up",
@@ -221,6 +256,7 @@ class Retry(Observable):
             config = replace(config, **overrides)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
+        config = _bind_default_clock(config)
         self.name = name
         self.config = config
         self._plain = _is_plain(config)
@@ -233,9 +269,15 @@ class Retry(Observable):
     # -- configuration -------------------------------------------------------------------------
 
     def update_config(self, config: RetryConfig) -> None:
-        """Swap in a new config; calls in flight finish with the one they started with."""
+        """Swap in a new config (the adaptive controllers do this).
+
+        A call that is already retrying finishes with the config it started retrying with; a
+        call whose first attempt is still running reads the config only if that attempt fails
+        (the first attempt reads nothing, to stay cheap), so it retries under the new one.
+        """
         if not isinstance(config, RetryConfig):
             raise TypeError(f"config must be a RetryConfig, got {config!r}")
+        config = _bind_default_clock(config)
         self.config = config
         self._plain = _is_plain(config)
 
@@ -247,6 +289,7 @@ class Retry(Observable):
             self._slow_attempts = 0
             self._slow_successes = 0
             self._slow_gave_up = 0
+            self._slow_aborted = 0
 
     def stats(self) -> RetryStats:
         """A consistent snapshot of the counters."""
@@ -261,8 +304,9 @@ class Retry(Observable):
                 attempts=attempts,
                 retries=attempts - calls,
                 successes=successes,
-                failures=calls - successes,
+                failures=calls - successes - self._slow_aborted,
                 gave_up=self._slow_gave_up,
+                aborted=self._slow_aborted,
             )
 
     def __repr__(self) -> str:
@@ -290,7 +334,7 @@ class Retry(Observable):
         if exc is not None:
             kind = classify(exc)
             if kind is _ABORT:
-                return _NOT_RETRYABLE
+                return _ABORTED
             if kind is _REJECTED and not isinstance(exc, config._explicit_rejections):
                 return _NOT_RETRYABLE
             if config.non_retryable_exceptions and isinstance(exc, config.non_retryable_exceptions):
@@ -298,7 +342,13 @@ class Retry(Observable):
             if not config._retry_everything and not isinstance(exc, config.retryable_exceptions):
                 return _NOT_RETRYABLE
             if config.retry_condition is not None:
-                if not config.retry_condition(exc):
+                try:
+                    retryable = config.retry_condition(exc)
+                except Exception:
+                    # A broken predicate must not replace the caller's exception.
+                    _log.exception("retry %r: retry_condition failed on %r", self.name, exc)
+                    return _NOT_RETRYABLE
+                if not retryable:
                     return _NOT_RETRYABLE
             elif kind is _PERMANENT:
                 return _NOT_RETRYABLE
@@ -330,7 +380,7 @@ class Retry(Observable):
     ) -> None:
         """Callbacks and events before sleeping (the drivers call it only when needed)."""
         if config.before_retry is not None:
-            config.before_retry(attempt, exc)
+            _run_hook(self.name, config.before_retry, attempt, exc)
         if self._listeners:
             emit(
                 self._listeners,
@@ -360,13 +410,15 @@ class Retry(Observable):
     def _give_up(
         self, config: RetryConfig, attempts: int, exc: BaseException | None, code: float
     ) -> None:
-        exhausted = code != _NOT_RETRYABLE
+        exhausted = code not in (_NOT_RETRYABLE, _ABORTED)
         lock = self._lock
         lock.acquire()
         self._slow_calls += 1
         self._slow_attempts += attempts
         if exhausted:
             self._slow_gave_up += 1
+        elif code == _ABORTED:
+            self._slow_aborted += 1
         lock.release()
         if self._listeners:
             emit(
@@ -380,7 +432,7 @@ class Retry(Observable):
                 ),
             )
         if exhausted and config.on_exhausted is not None:
-            config.on_exhausted(exc)
+            _run_hook(self.name, config.on_exhausted, exc)
 
     def _past_deadline(self, config: RetryConfig, start: float) -> bool:
         return config.deadline is not None and config.clock.now() - start >= config.deadline
@@ -393,9 +445,18 @@ class Retry(Observable):
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                return self._run(fn, args, kwargs, exc)
-            self._first_ok += 1
-            return result
+                first = exc
+            else:
+                self._first_ok += 1
+                return result
+            # Retry outside the handler, or every later attempt would run "during handling" of
+            # this exception (its sys.exc_info() and the implicit __context__ of its errors).
+            # Drop the local afterwards: the exception's traceback holds this frame, and a
+            # frame -> exception -> traceback -> frame cycle is garbage for the cycle collector.
+            try:
+                return self._run(fn, args, kwargs, first)
+            finally:
+                del first
         return self._run(fn, args, kwargs, None)
 
     def _run(
@@ -426,7 +487,11 @@ class Retry(Observable):
                 self._give_up(config, attempt, exc, delay)
                 if exc is None:
                     return cast(T, result)
-                raise exc
+                try:
+                    raise exc
+                finally:
+                    # Break the exc -> traceback -> this frame -> exc cycle.
+                    exc = None
             if config.before_retry is not None or self._listeners:
                 self._will_retry(config, attempt, exc, delay)
             if delay > 0.0:
@@ -435,7 +500,11 @@ class Retry(Observable):
                     self._give_up(config, attempt, exc, _DEADLINE)
                     if exc is None:
                         return cast(T, result)
-                    raise exc
+                    try:
+                        raise exc
+                    finally:
+                        # Break the exc -> traceback -> this frame -> exc cycle.
+                        exc = None
             attempt += 1
             exc = None
             try:
@@ -451,9 +520,14 @@ class Retry(Observable):
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                return await self._arun(fn, args, kwargs, exc)
-            self._first_ok += 1
-            return result
+                first = exc
+            else:
+                self._first_ok += 1
+                return result
+            try:
+                return await self._arun(fn, args, kwargs, first)
+            finally:
+                del first
         return await self._arun(fn, args, kwargs, None)
 
     async def _arun(
@@ -483,7 +557,11 @@ class Retry(Observable):
                 self._give_up(config, attempt, exc, delay)
                 if exc is None:
                     return cast(T, result)
-                raise exc
+                try:
+                    raise exc
+                finally:
+                    # Break the exc -> traceback -> this frame -> exc cycle.
+                    exc = None
             if config.before_retry is not None or self._listeners:
                 self._will_retry(config, attempt, exc, delay)
             if delay > 0.0:
@@ -492,7 +570,11 @@ class Retry(Observable):
                     self._give_up(config, attempt, exc, _DEADLINE)
                     if exc is None:
                         return cast(T, result)
-                    raise exc
+                    try:
+                        raise exc
+                    finally:
+                        # Break the exc -> traceback -> this frame -> exc cycle.
+                        exc = None
             attempt += 1
             exc = None
             try:
@@ -514,7 +596,7 @@ class Retry(Observable):
         if not callable(fn):
             raise TypeError(f"retry decorates a callable, got {fn!r}")
         policy = self
-        if inspect.iscoroutinefunction(fn):
+        if _is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -522,9 +604,14 @@ class Retry(Observable):
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException as exc:
-                        return await policy._arun(fn, args, kwargs, exc)
-                    policy._first_ok += 1
-                    return result
+                        first = exc
+                    else:
+                        policy._first_ok += 1
+                        return result
+                    try:
+                        return await policy._arun(fn, args, kwargs, first)
+                    finally:
+                        del first
                 return await policy._arun(fn, args, kwargs, None)
 
             async_wrapper.retry = policy  # type: ignore[attr-defined]
@@ -536,9 +623,14 @@ class Retry(Observable):
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
-                    return policy._run(fn, args, kwargs, exc)
-                policy._first_ok += 1
-                return result
+                    first = exc
+                else:
+                    policy._first_ok += 1
+                    return result
+                try:
+                    return policy._run(fn, args, kwargs, first)
+                finally:
+                    del first
             return policy._run(fn, args, kwargs, None)
 
         wrapper.retry = policy  # type: ignore[attr-defined]

@@ -181,7 +181,7 @@ class CountWindow:
         "_ring",
         "_total_fail",
         "_total_slow",
-                "_win_fail",
+        "_win_fail",
         "_win_slow",
         "size",
         "successes",

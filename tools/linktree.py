@@ -1,9 +1,9 @@
 """Build a link tree ``<dest>/sage_resilience`` mirroring pyproject's package-dir mapping.
 
 Type checkers cannot follow setuptools' editable-install finder, and the top-level folders
-(``core/``, ``adaptive/``, ...) are not named like the packages they become. ``python
-tools/linktree.py DEST`` makes ``DEST/sage_resilience`` with symlinks, so ``mypy DEST/sage_resilience``
-checks the real files under their real names.
+(``core/``, ``adaptive/``, ...) are not named like the packages they become. Running
+``python tools/linktree.py DEST`` makes ``DEST/sage_resilience`` out of symlinks, so that
+``mypy DEST/sage_resilience`` checks the real files under their real names.
 """
 
 from __future__ import annotations
