@@ -4,6 +4,7 @@ Retry with every strategy and jitter, a circuit breaker over sliding windows, a 
 events and an injectable clock. Standard library only.
 """
 
+from ._callables import Policy, decorate, is_async_callable
 from .backoff import Backoff, Jitter, RetryStrategy
 from .breaker import (
     CircuitBreaker,
@@ -13,6 +14,7 @@ from .breaker import (
     WindowType,
     circuit_breaker,
 )
+from .bulkhead import Bulkhead, BulkheadStats
 from .classify import (
     Classifier,
     FailureKind,
@@ -24,6 +26,7 @@ from .clock import (
     SYSTEM_CLOCK,
     Clock,
     FakeClock,
+    LoopClock,
     RandomSource,
     SystemClock,
     default_clock,
@@ -31,10 +34,13 @@ from .clock import (
     use_clock,
 )
 from .errors import (
+    BulkheadFull,
     CircuitBreakerOpenError,
     PermanentError,
+    RateLimitExceeded,
     RejectedError,
     ResilienceError,
+    ResilienceTimeoutError,
     ThrottledError,
     TransientError,
 )
@@ -43,12 +49,16 @@ from .events import (
     BreakerStateChanged,
     CallRejected,
     Event,
+    FallbackUsed,
     Listener,
     RetryAttempted,
     RetryGaveUp,
     RetrySucceeded,
     SettingChanged,
 )
+from .fallback import Fallback, FallbackStats
+from .hedge import Hedge, HedgeStats
+from .pipeline import DEFAULT_ORDER, Pipeline
 from .presets import (
     DATABASE_BREAKER_CONFIG,
     DATABASE_RETRY_CONFIG,
@@ -59,14 +69,17 @@ from .presets import (
     is_transient_database_error,
     is_transient_network_error,
 )
+from .ratelimit import RateLimiter, RateLimiterStats
 from .registry import NamedPolicy, Registry, breaker_manager
 from .retry import AttemptContext, Retry, RetryConfig, RetryStats, retry
+from .timeout import Timeout, TimeoutStats
 from .window import CountWindow, TimeWindow, WindowSnapshot
 
 __all__ = [
     "DATABASE_BREAKER_CONFIG",
     "DATABASE_RETRY_CONFIG",
     "DEFAULT_BREAKER_CONFIG",
+    "DEFAULT_ORDER",
     "DEFAULT_RETRY_CONFIG",
     "NETWORK_BREAKER_CONFIG",
     "NETWORK_RETRY_CONFIG",
@@ -75,6 +88,9 @@ __all__ = [
     "Backoff",
     "BreakerOutcome",
     "BreakerStateChanged",
+    "Bulkhead",
+    "BulkheadFull",
+    "BulkheadStats",
     "CallRejected",
     "CircuitBreaker",
     "CircuitBreakerConfig",
@@ -87,14 +103,26 @@ __all__ = [
     "Event",
     "FailureKind",
     "FakeClock",
+    "Fallback",
+    "FallbackStats",
+    "FallbackUsed",
+    "Hedge",
+    "HedgeStats",
     "Jitter",
     "Listener",
+    "LoopClock",
     "NamedPolicy",
     "PermanentError",
+    "Pipeline",
+    "Policy",
     "RandomSource",
+    "RateLimitExceeded",
+    "RateLimiter",
+    "RateLimiterStats",
     "Registry",
     "RejectedError",
     "ResilienceError",
+    "ResilienceTimeoutError",
     "Retry",
     "RetryAttempted",
     "RetryConfig",
@@ -106,13 +134,17 @@ __all__ = [
     "SystemClock",
     "ThrottledError",
     "TimeWindow",
+    "Timeout",
+    "TimeoutStats",
     "TransientError",
     "WindowSnapshot",
     "WindowType",
     "breaker_manager",
     "circuit_breaker",
     "classify",
+    "decorate",
     "default_clock",
+    "is_async_callable",
     "is_transient_database_error",
     "is_transient_network_error",
     "register_classifier",

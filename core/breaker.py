@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._callables import is_async_callable
 from ._gil import GIL_ENABLED
 from ._validate import (
     check_callable,
@@ -880,7 +881,7 @@ class CircuitBreaker(Observable):
         if not callable(fn):
             raise TypeError(f"circuit_breaker decorates a callable, got {fn!r}")
         breaker = self
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -26,6 +26,7 @@ __all__ = [
     "SYSTEM_CLOCK",
     "Clock",
     "FakeClock",
+    "LoopClock",
     "RandomSource",
     "SystemClock",
     "default_clock",
@@ -86,6 +87,47 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+class LoopClock:
+    """The time of an asyncio event loop: for code that runs on a virtual-time loop.
+
+    ``now()`` is the loop's ``time()``; ``asleep`` and ``await_future`` wait on the loop, so a
+    loop whose clock jumps to the next scheduled event (the simulator's, or ``looptime`` in
+    tests) drives the policies' waiting as well as its own. A loop clock cannot block a thread:
+    ``sleep`` and ``wait`` raise ``RuntimeError``.
+
+    Args:
+        loop: the loop to read; default the running loop at each reading.
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+
+    def now(self) -> float:
+        loop = self._loop
+        return (loop if loop is not None else asyncio.get_running_loop()).time()
+
+    def sleep(self, seconds: float) -> None:
+        raise RuntimeError("a LoopClock cannot block a thread; await asleep() instead")
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        raise RuntimeError("a LoopClock cannot block a thread; use the async API")
+
+    async def await_future(self, future: asyncio.Future[Any], timeout: float | None) -> bool:
+        if timeout is None:
+            await future
+        elif not future.done():
+            await asyncio.wait((future,), timeout=timeout)
+        return future.done()
+
+    def __repr__(self) -> str:
+        return f"LoopClock(loop={self._loop!r})"
 
 
 SYSTEM_CLOCK: Clock = SystemClock()

@@ -16,6 +16,7 @@ __all__ = [
     "RateLimitExceeded",
     "RejectedError",
     "ResilienceError",
+    "ResilienceTimeoutError",
     "ThrottledError",
     "TransientError",
 ]
@@ -86,6 +87,30 @@ class BulkheadFull(RejectedError):
 
     def __init__(self, name: str, *, reason: str = "bulkhead_full") -> None:
         super().__init__(f"bulkhead {name!r} is full ({reason})", name=name, reason=reason)
+
+
+class ResilienceTimeoutError(ResilienceError, TimeoutError):
+    """A :class:`~.timeout.Timeout` fired: the call took longer than ``seconds``.
+
+    A ``TimeoutError`` (so code catching the builtin keeps working) that says which limit fired:
+    ``kind`` is ``"attempt"`` (a per-attempt timeout inside a retry, which the retry may retry)
+    or ``"total"`` (the overall deadline of the call).
+    """
+
+    def __init__(self, name: str, *, seconds: float, kind: str) -> None:
+        super().__init__(f"{kind} timeout {name!r} fired after {seconds:g}s")
+        self.name = name
+        self.seconds = seconds
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_timeout, (type(self), self.args), self.__dict__)
+
+
+def _rebuild_timeout(
+    cls: type[ResilienceTimeoutError], args: tuple[Any, ...]
+) -> ResilienceTimeoutError:
+    return cls.__new__(cls, *args)
 
 
 class TransientError(Exception):

@@ -22,6 +22,7 @@ __all__ = [
     "BreakerStateChanged",
     "CallRejected",
     "Event",
+    "FallbackUsed",
     "Listener",
     "Observable",
     "RetryAttempted",
@@ -89,9 +90,10 @@ class RetryAttempted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetrySucceeded(Event):
-    """A call succeeded after at least one retry (first-attempt successes make no event).
+    """A call through a retry policy succeeded, after ``attempts`` attempts (1: no retry).
 
-    ``elapsed`` runs from the first failure (from the call's start when a deadline is set).
+    ``elapsed`` runs from the call's start (emitted only while someone listens, and listening
+    makes the policy read the clock at the start of every call).
     """
 
     attempts: int
@@ -116,6 +118,13 @@ class SettingChanged(Event):
     old: float
     new: float
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackUsed(Event):
+    """A fallback answered in place of a call that raised ``exception``."""
+
+    exception: str
 
 
 @runtime_checkable

@@ -175,6 +175,24 @@ class Registry:
         """Every breaker's :meth:`~CircuitBreaker.stats` as a plain dict (the seed's shape)."""
         return [b.stats().as_dict() for b in self.breakers()]
 
+    def status(self) -> dict[str, Any]:
+        """A snapshot of every named policy (kind, state, settings, counts), ready for JSON: the
+        body of a health endpoint. ``healthy`` is false while any breaker is open."""
+        with self._lock:
+            policies = list(self._policies.values())
+        entries: dict[str, Any] = {}
+        healthy = True
+        for policy in policies:
+            stats = policy.stats()
+            entry: dict[str, Any] = {"kind": _kind_of(policy)}
+            if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+                entry.update(dataclasses.asdict(stats))
+            entry.pop("name", None)
+            if entry.get("state") == "open":
+                healthy = False
+            entries[policy.name] = entry
+        return {"registry": self.name, "healthy": healthy, "policies": entries}
+
     def reset(self, name: str) -> None:
         """Reset the breaker (or the retry's counters) registered as ``name``; ``KeyError`` if
         there is none."""
@@ -242,6 +260,28 @@ def _reset(policy: NamedPolicy) -> None:
         reset = getattr(policy, "reset", None)
         if reset is not None:
             reset()
+
+
+_KINDS: dict[str, str] = {
+    "CircuitBreaker": "circuit_breaker",
+    "Retry": "retry",
+    "RateLimiter": "rate_limiter",
+    "Bulkhead": "bulkhead",
+    "Timeout": "timeout",
+    "Fallback": "fallback",
+    "Hedge": "hedge",
+}
+
+
+def _kind_of(policy: object) -> str:
+    """``kind`` names the policy's family: its own ``kind`` attribute, or from its class."""
+    kind = getattr(policy, "kind_name", None)
+    if isinstance(kind, str):
+        return kind
+    for cls in type(policy).__mro__:
+        if cls.__name__ in _KINDS:
+            return _KINDS[cls.__name__]
+    return type(policy).__name__.lower()
 
 
 breaker_manager = Registry("breaker_manager")

@@ -22,7 +22,6 @@ unchanged (the same object, with its traceback), after ``on_exhausted``.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import random as _random
 import threading
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
+from ._callables import is_async_callable
 from ._gil import GIL_ENABLED
 from ._validate import (
     check_callable,
@@ -177,15 +177,6 @@ def _bind_default_clock(config: RetryConfig) -> RetryConfig:
     return config if clock is config.clock else replace(config, clock=clock)
 
 
-def _is_plain(config: RetryConfig) -> bool:
-    """Whether a call may take the lock-free first attempt (no deadline, no result check).
-
-    First-attempt successes are counted with a plain increment, which the GIL never
-    interrupts; a free-threaded build always takes the locked path.
-    """
-    return GIL_ENABLED and config.deadline is None and config.retry_on_result is None
-
-
 # Stop codes of the decision core (negative, so any delay >= 0 means "go again").
 _NOT_RETRYABLE: Final = -1.0
 _EXHAUSTED: Final = -2.0
@@ -203,18 +194,6 @@ _ABORT = FailureKind.ABORT
 _REJECTED = FailureKind.REJECTED
 _PERMANENT = FailureKind.PERMANENT
 _THROTTLED = FailureKind.THROTTLED
-
-
-def _is_async_callable(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` returns a coroutine: a coroutine function, or an object whose
-    ``__call__`` is one (``inspect.iscoroutinefunction`` says no to such an instance), possibly
-    behind ``functools.partial``."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    # ``fn`` is callable, so its type has ``__call__``.
-    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 
 
 class Retry(Observable):
@@ -259,14 +238,31 @@ class Retry(Observable):
         config = _bind_default_clock(config)
         self.name = name
         self.config = config
-        self._plain = _is_plain(config)
         self._lock = threading.Lock()
         self._listeners: tuple[Listener, ...] = ()
+        self._plain = self._is_plain(config)
         for listener in listeners:
             self.add_listener(listener)
         self.reset_stats()
 
     # -- configuration -------------------------------------------------------------------------
+
+    def _is_plain(self, config: RetryConfig) -> bool:
+        """Whether a call may take the lock-free first attempt: no deadline, no result check,
+        nobody listening (listeners hear of every call).
+
+        First-attempt successes are counted with a plain increment, which the GIL never
+        interrupts; a free-threaded build always takes the locked path.
+        """
+        return (
+            GIL_ENABLED
+            and config.deadline is None
+            and config.retry_on_result is None
+            and not self._listeners
+        )
+
+    def _listeners_changed(self) -> None:
+        self._plain = self._is_plain(self.config)
 
     def update_config(self, config: RetryConfig) -> None:
         """Swap in a new config (the adaptive controllers do this).
@@ -279,7 +275,7 @@ class Retry(Observable):
             raise TypeError(f"config must be a RetryConfig, got {config!r}")
         config = _bind_default_clock(config)
         self.config = config
-        self._plain = _is_plain(config)
+        self._plain = self._is_plain(config)
 
     def reset_stats(self) -> None:
         """Zero the counters."""
@@ -400,7 +396,7 @@ class Retry(Observable):
         self._slow_attempts += attempts
         self._slow_successes += 1
         lock.release()
-        if self._listeners and attempts > 1:
+        if self._listeners:
             now = config.clock.now()
             emit(
                 self._listeners,
@@ -596,7 +592,7 @@ class Retry(Observable):
         if not callable(fn):
             raise TypeError(f"retry decorates a callable, got {fn!r}")
         policy = self
-        if _is_async_callable(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

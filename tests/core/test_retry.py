@@ -1129,11 +1129,12 @@ def test_events_for_a_call_that_gives_up(clock: FakeClock) -> None:
     assert sum(isinstance(e, RetryAttempted) for e in events) == 1
 
 
-def test_first_attempt_success_emits_nothing(clock: FakeClock) -> None:
-    """A call that succeeds at once produces no event."""
+def test_first_attempt_success_emits_one_success_event(clock: FakeClock) -> None:
+    """A call that succeeds at once produces one RetrySucceeded with attempts=1 (telemetry counts
+    every call), and no retry event."""
     events: list[Event] = []
-    make(clock, listeners=[events.append]).call(Flaky())
-    assert events == []
+    make(clock, name="db", listeners=[events.append]).call(Flaky())
+    assert events == [RetrySucceeded(policy="db", time=1000.0, attempts=1, elapsed=0.0)]
 
 
 def test_a_raising_listener_never_breaks_the_call(

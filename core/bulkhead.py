@@ -1,0 +1,404 @@
+"""Bulkhead: a cap on concurrent calls, with a bounded FIFO queue; the limit can change at
+runtime (the adaptive concurrency controllers drive :meth:`Bulkhead.set_limit`).
+
+A call takes a slot if fewer than ``max_concurrent`` are in use and nobody is queued; otherwise it
+queues (at most ``max_queue`` waiters, each up to ``queue_timeout`` seconds) or is refused with
+:class:`BulkheadFull`. Slots are handed to waiters in arrival order. A waiter that times out or is
+cancelled leaves the queue; a slot is never lost: every successful acquire is matched by exactly
+one release, which wakes the head of the queue.
+
+As in :mod:`.ratelimit`, the decisions are made under one lock and two drivers wait on them
+(``clock.wait`` on an event, ``clock.await_future`` on a future). With a free slot and nobody
+queued, acquiring and releasing take no lock on GIL builds (an uninterrupted compare-and-increment
+on an int attribute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from ._callables import decorate
+from ._gil import GIL_ENABLED
+from ._validate import check_float, check_int, check_optional_float
+from .clock import Clock, resolve_clock
+from .errors import BulkheadFull
+from .events import CallRejected, Listener, Observable, SettingChanged, emit
+
+__all__ = ["Bulkhead", "BulkheadStats"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadStats:
+    """A bulkhead's limit and counts at one moment."""
+
+    name: str
+    max_concurrent: int
+    in_use: int
+    waiting: int
+    admitted: int
+    rejected: int
+    waited: int
+
+
+class _Slot:
+    __slots__ = ("deadline", "event", "future")
+
+    def __init__(self, deadline: float, *, sync: bool) -> None:
+        self.deadline = deadline
+        self.event: threading.Event | None = threading.Event() if sync else None
+        self.future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        future = self.future
+        if future is not None and not future.done():
+            loop = future.get_loop()
+            try:
+                same = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                same = False
+            if same:
+                future.set_result(None)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_set_if_pending, future)
+
+
+def _set_if_pending(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Bulkhead(Observable):
+    """At most ``max_concurrent`` calls at once; up to ``max_queue`` more wait in line.
+
+    Args:
+        max_concurrent: concurrent calls allowed (>= 1).
+        max_queue: callers allowed to wait for a slot (0: refuse at once when full).
+        queue_timeout: how long a queued caller waits before :class:`BulkheadFull`
+            (``None``: as long as needed).
+        name: shown in events, stats and the registry.
+        clock: time source (default the system's monotonic clock).
+        listeners: callables receiving this bulkhead's events.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_in_use",
+        "_limit",
+        "_lock",
+        "_now",
+        "_rejected",
+        "_waited",
+        "_waiters",
+        "clock",
+        "max_queue",
+        "name",
+        "queue_timeout",
+    )
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        name: str = "bulkhead",
+        clock: Clock | None = None,
+        listeners: tuple[Listener, ...] | list[Listener] = (),
+    ) -> None:
+        self._limit = check_int("max_concurrent", max_concurrent, minimum=1)
+        self.max_queue = check_int("max_queue", max_queue, minimum=0)
+        self.queue_timeout = check_optional_float("queue_timeout", queue_timeout, minimum=0.0)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        clock = resolve_clock(clock)
+        if not callable(getattr(clock, "now", None)):
+            raise TypeError(f"clock must provide now(), got {clock!r}")
+        self.name = name
+        self.clock = clock
+        self._now = clock.now
+        self._lock = threading.Lock()
+        self._waiters: deque[_Slot] = deque()
+        self._in_use = 0
+        self._admitted = 0
+        self._rejected = 0
+        self._waited = 0
+        self._listeners: tuple[Listener, ...] = ()
+        for listener in listeners:
+            self.add_listener(listener)
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def stats(self) -> BulkheadStats:
+        with self._lock:
+            return BulkheadStats(
+                name=self.name,
+                max_concurrent=self._limit,
+                in_use=self._in_use,
+                waiting=len(self._waiters),
+                admitted=self._admitted,
+                rejected=self._rejected,
+                waited=self._waited,
+            )
+
+    def __repr__(self) -> str:
+        return f"Bulkhead(name={self.name!r}, max_concurrent={self._limit!r})"
+
+    # -- the decision core ---------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits; never waits. Pair with :meth:`release`."""
+        if GIL_ENABLED:
+            # No call in this block: the GIL makes the test-and-increment one step.
+            if self._in_use < self._limit and not self._waiters:
+                self._in_use += 1
+                self._admitted += 1
+                return True
+        else:
+            with self._lock:
+                if self._in_use < self._limit and not self._waiters:
+                    self._in_use += 1
+                    self._admitted += 1
+                    return True
+        return False
+
+    def release(self) -> None:
+        """Give a slot back; the head of the queue, if any, gets it."""
+        if GIL_ENABLED:
+            self._in_use -= 1
+            if not self._waiters:
+                return
+            with self._lock:
+                if self._waiters:
+                    self._waiters[0].wake()
+            return
+        with self._lock:
+            self._in_use -= 1
+            if self._waiters:
+                self._waiters[0].wake()
+
+    def _grant_head(self, slot: _Slot) -> bool:
+        if self._waiters and self._waiters[0] is slot and self._in_use < self._limit:
+            self._waiters.popleft()
+            self._in_use += 1
+            self._admitted += 1
+            self._waited += 1
+            if self._waiters and self._in_use < self._limit:
+                self._waiters[0].wake()
+            return True
+        return False
+
+    def _leave(self, slot: _Slot) -> None:
+        was_head = bool(self._waiters) and self._waiters[0] is slot
+        try:
+            self._waiters.remove(slot)
+        except ValueError:
+            return
+        if was_head and self._waiters:
+            self._waiters[0].wake()
+
+    def _enqueue(self, timeout: float | None, *, sync: bool) -> _Slot | None:
+        """Under the lock: a slot at once (None), a place in line, or :class:`BulkheadFull`."""
+        if self._in_use < self._limit and not self._waiters:
+            self._in_use += 1
+            self._admitted += 1
+            return None
+        if len(self._waiters) >= self.max_queue or timeout == 0.0:
+            self._rejected += 1
+            raise BulkheadFull(self.name, reason="bulkhead_full")
+        now = self._now()
+        slot = _Slot(math.inf if timeout is None else now + timeout, sync=sync)
+        self._waiters.append(slot)
+        return slot
+
+    def _refused(self, exc: BulkheadFull) -> None:
+        if self._listeners:
+            emit(
+                self._listeners,
+                CallRejected(
+                    policy=self.name,
+                    time=self._now(),
+                    kind="bulkhead",
+                    reason=exc.reason,
+                    retry_after=None,
+                ),
+            )
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        if timeout is None:
+            return self.queue_timeout
+        return check_float("timeout", timeout, minimum=0.0)
+
+    # -- sync driver ---------------------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take a slot, queueing up to ``timeout`` (default ``queue_timeout``) seconds.
+
+        Raises:
+            BulkheadFull: the queue is full, or no slot came within the timeout.
+        """
+        if self.try_acquire():
+            return
+        slot = self._join(timeout, sync=True)
+        if slot is None:
+            return
+        event = slot.event
+        assert event is not None
+        try:
+            while True:
+                wait = self._step(slot)
+                if wait is None:
+                    return
+                self.clock.wait(event, None if math.isinf(wait) else wait)
+        except BaseException:
+            self._abandon(slot)
+            raise
+
+    # -- async driver (the sync one with await) ------------------------------------------------
+
+    async def aacquire(self, timeout: float | None = None) -> None:
+        """Async :meth:`acquire`; a cancelled waiter leaves the line."""
+        if self.try_acquire():
+            return
+        slot = self._join(timeout, sync=False)
+        if slot is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                future: asyncio.Future[None] = loop.create_future()
+                slot.future = future
+                wait = self._step(slot)
+                if wait is None:
+                    return
+                await self.clock.await_future(future, None if math.isinf(wait) else wait)
+        except BaseException:
+            self._abandon(slot)
+            raise
+
+    # -- the steps both drivers share ----------------------------------------------------------
+
+    def _join(self, timeout: float | None, *, sync: bool) -> _Slot | None:
+        timeout = self._timeout(timeout)
+        try:
+            with self._lock:
+                return self._enqueue(timeout, sync=sync)
+        except BulkheadFull as refusal:
+            self._refused(refusal)
+            raise
+
+    def _step(self, slot: _Slot) -> float | None:
+        """One decision for a queued caller: admitted (``None``), give up (raises), or how long
+        to wait before deciding again (its event or future armed beforehand)."""
+        refusal: BulkheadFull | None = None
+        with self._lock:
+            if self._grant_head(slot):
+                return None
+            now = self._now()
+            if now >= slot.deadline:
+                self._leave(slot)
+                self._rejected += 1
+                refusal = BulkheadFull(self.name, reason="queue_timeout")
+            elif slot.event is not None:
+                slot.event.clear()
+        if refusal is not None:
+            self._refused(refusal)
+            raise refusal
+        return slot.deadline - now
+
+    def _abandon(self, slot: _Slot) -> None:
+        with self._lock:
+            self._leave(slot)
+
+    # -- runtime retuning ----------------------------------------------------------------------
+
+    def set_limit(self, max_concurrent: int) -> None:
+        """Change ``max_concurrent`` now; a higher limit lets queued callers in at once, a lower
+        one lets calls in flight finish and admits no more until below it."""
+        limit = check_int("max_concurrent", max_concurrent, minimum=1)
+        with self._lock:
+            old = self._limit
+            self._limit = limit
+            if self._waiters and self._in_use < limit:
+                self._waiters[0].wake()
+        if self._listeners and old != limit:
+            emit(
+                self._listeners,
+                SettingChanged(
+                    policy=self.name,
+                    time=self._now(),
+                    setting="max_concurrent",
+                    old=float(old),
+                    new=float(limit),
+                    reason="set_limit",
+                ),
+            )
+
+    # -- as a policy ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Bulkhead:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Bulkhead:
+        await self.aacquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn`` holding a slot."""
+        if not self.try_acquire():
+            self.acquire()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.release()
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn`` holding a slot."""
+        if not self.try_acquire():
+            await self.aacquire()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self.release()
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``fn`` (sync or async): each call holds a slot."""
+        return decorate(self, fn)

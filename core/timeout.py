@@ -1,0 +1,128 @@
+"""Timeouts for async calls, on ``asyncio.timeout`` (a cancel scope, no extra task).
+
+``Timeout(seconds)`` bounds one await: placed inside a retry it bounds each attempt
+(``kind="attempt"``), placed outside it bounds the whole call (``kind="total"``). When it fires
+it raises :class:`ResilienceTimeoutError`, a ``TimeoutError`` that says which limit fired and
+after how long; a ``TimeoutError`` raised by the callee itself passes through unchanged. A sync
+call cannot be interrupted from outside the thread: give the retry a ``deadline`` instead
+(decorating a sync function with a :class:`Timeout` is a ``TypeError`` when decorating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from ._callables import is_async_callable
+from ._validate import check_float
+from .errors import ResilienceTimeoutError
+from .events import CallRejected, Listener, Observable, emit
+
+__all__ = ["Timeout", "TimeoutStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutStats:
+    """How often a timeout fired."""
+
+    name: str
+    seconds: float
+    kind: str
+    fired: int
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Timeout(Observable):
+    """Bound an async call to ``seconds``.
+
+    Args:
+        seconds: the limit (> 0).
+        kind: ``"attempt"`` (inside a retry: each attempt) or ``"total"`` (the whole call); only
+            reported in the error and events.
+        name: shown in errors and events.
+        listeners: callables receiving a :class:`~.events.CallRejected` with reason
+            ``"timeout"`` when the limit fires.
+    """
+
+    __slots__ = ("fired", "kind", "name", "seconds")
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        kind: str = "attempt",
+        name: str = "timeout",
+        listeners: tuple[Listener, ...] | list[Listener] = (),
+    ) -> None:
+        self.seconds = check_float("seconds", seconds, positive=True)
+        if kind not in ("attempt", "total"):
+            raise ValueError(f"kind must be 'attempt' or 'total', got {kind!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.kind = kind
+        self.name = name
+        self.fired = 0
+        self._listeners: tuple[Listener, ...] = ()
+        for listener in listeners:
+            self.add_listener(listener)
+
+    def stats(self) -> TimeoutStats:
+        return TimeoutStats(name=self.name, seconds=self.seconds, kind=self.kind, fired=self.fired)
+
+    def __repr__(self) -> str:
+        return f"Timeout({self.seconds!r}, kind={self.kind!r}, name={self.name!r})"
+
+    def _expired(self, loop: asyncio.AbstractEventLoop) -> ResilienceTimeoutError:
+        self.fired += 1
+        if self._listeners:
+            emit(
+                self._listeners,
+                CallRejected(
+                    policy=self.name,
+                    time=loop.time(),
+                    kind="timeout",
+                    reason=f"{self.kind}_timeout",
+                    retry_after=None,
+                ),
+            )
+        return ResilienceTimeoutError(self.name, seconds=self.seconds, kind=self.kind)
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)``; past ``seconds`` it is cancelled and this raises."""
+        scope = asyncio.timeout(self.seconds)
+        try:
+            async with scope:
+                return await fn(*args, **kwargs)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise self._expired(asyncio.get_running_loop()) from exc
+            raise
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Refused: a sync call cannot be interrupted (use the retry's ``deadline``)."""
+        raise TypeError(
+            f"timeout {self.name!r} applies to async calls only; bound a sync call with the "
+            "retry's deadline"
+        )
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """Decorate an async function."""
+        if not is_async_callable(fn):
+            raise TypeError(
+                f"timeout {self.name!r} decorates async functions only, got {fn!r}; bound a sync "
+                "call with the retry's deadline"
+            )
+        policy = self
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await policy.acall(fn, *args, **kwargs)
+
+        wrapper.timeout = policy  # type: ignore[attr-defined]
+        return wrapper
