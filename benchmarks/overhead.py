@@ -26,7 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core import CircuitBreaker, Retry, RetryConfig
+from ..core import (
+    Bulkhead,
+    CircuitBreaker,
+    Event,
+    Pipeline,
+    RateLimiter,
+    Retry,
+    RetryConfig,
+    Timeout,
+)
 
 __all__ = ["CASES", "Case", "Result", "main", "run"]
 
@@ -161,6 +170,108 @@ def _retry_path_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return by_hand, _zero_retry()(_aflaky_factory())
 
 
+def _limiter() -> RateLimiter:
+    # Effectively unlimited, so every permit is available: the happy path.
+    return RateLimiter(rate=1e12, burst=1e12, name="bench")
+
+
+def _limiter_try() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    limiter = _limiter()
+    try_acquire = limiter.try_acquire
+
+    def bare() -> bool:
+        return _sync_ok() == 1
+
+    def wrapped() -> bool:
+        return try_acquire() and _sync_ok() == 1
+
+    return bare, wrapped
+
+
+def _limiter_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    limiter = _limiter()
+    aacquire = limiter.aacquire
+
+    async def bare() -> int:
+        return await _async_ok()
+
+    async def wrapped() -> int:
+        await aacquire()
+        return await _async_ok()
+
+    return bare, wrapped
+
+
+def _aiolimiter_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    from aiolimiter import AsyncLimiter  # noqa: PLC0415 - a reference, not a dependency
+
+    limiter = AsyncLimiter(1e12, 1.0)
+    acquire = limiter.acquire
+
+    async def bare() -> int:
+        return await _async_ok()
+
+    async def wrapped() -> int:
+        await acquire()
+        return await _async_ok()
+
+    return bare, wrapped
+
+
+def _bulkhead_sync() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _sync_ok, Bulkhead(64, name="bench")(_sync_ok)
+
+
+def _bulkhead_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _async_ok, Bulkhead(64, name="bench")(_async_ok)
+
+
+def _pipeline(timeout: bool) -> Pipeline:
+    policies: list[Any] = [
+        _limiter(),
+        Bulkhead(64, name="bench"),
+        _zero_retry(),
+        CircuitBreaker("bench"),
+    ]
+    if timeout:
+        policies.append(Timeout(10.0))
+    return Pipeline.build(*policies)
+
+
+def _pipeline_sync() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _sync_ok, _pipeline(timeout=False)(_sync_ok)
+
+
+def _pipeline_async_no_timeout() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _async_ok, _pipeline(timeout=False)(_async_ok)
+
+
+def _pipeline_async() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _async_ok, _pipeline(timeout=True)(_async_ok)
+
+
+def _asyncio_timeout_alone() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    async def wrapped() -> int:
+        async with asyncio.timeout(10.0):
+            return await _async_ok()
+
+    return _async_ok, wrapped
+
+
+def _noop_listener(event: Event) -> None:
+    return None
+
+
+def _breaker_listened_sync() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return _sync_ok, CircuitBreaker("bench", listeners=[_noop_listener])(_sync_ok)
+
+
+def _retry_listened_sync() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    policy = _zero_retry()
+    policy.add_listener(_noop_listener)
+    return _sync_ok, policy(_sync_ok)
+
+
 CASES: list[Case] = [
     # The floor: what any decorator costs (a pass-through *args/**kwargs wrapper).
     Case("pass-through wrapper (floor)", "sync", _floor_sync),
@@ -173,6 +284,17 @@ CASES: list[Case] = [
     Case("retry + breaker", "async", _both_async, 800),
     Case("retry path: fail, fail, ok", "sync", _retry_path_sync, 1000, "attempt", 3),
     Case("retry path: fail, fail, ok", "async", _retry_path_async, 1000, "attempt", 3),
+    Case("limiter try_acquire", "sync", _limiter_try, 300),
+    Case("limiter aacquire", "async", _limiter_async, 300),
+    Case("aiolimiter acquire (reference)", "async", _aiolimiter_async),
+    Case("bulkhead", "sync", _bulkhead_sync),
+    Case("bulkhead", "async", _bulkhead_async),
+    Case("pipeline: limit+bulkhead+retry+breaker", "sync", _pipeline_sync, 1500),
+    Case("pipeline: limit+bulkhead+retry+breaker", "async", _pipeline_async_no_timeout, 1500),
+    Case("pipeline: ... + timeout", "async", _pipeline_async, 5000),
+    Case("asyncio.timeout alone (reference)", "async", _asyncio_timeout_alone),
+    Case("breaker, one listener attached", "sync", _breaker_listened_sync),
+    Case("retry, one listener attached", "sync", _retry_listened_sync),
 ]
 
 

@@ -66,6 +66,7 @@ from .presets import (
     DEFAULT_RETRY_CONFIG,
     NETWORK_BREAKER_CONFIG,
     NETWORK_RETRY_CONFIG,
+    is_network_failure,
     is_transient_database_error,
     is_transient_network_error,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "decorate",
     "default_clock",
     "is_async_callable",
+    "is_network_failure",
     "is_transient_database_error",
     "is_transient_network_error",
     "register_classifier",

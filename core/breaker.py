@@ -133,6 +133,8 @@ class CircuitBreakerConfig:
             ``None`` trips on rates only.
         recovery_timeout: seconds open before trial calls are let through (half-open).
         expected_exception: what counts as a failure; other exceptions pass through uncounted.
+            Whatever it says, cancellation, our own rejections, permanent (4xx-like) errors and
+            throttling (429: the dependency is up and asks us to slow down) never count.
         success_threshold: successful trials in half-open that close it.
         monitoring_window: the time window of the rate thresholds, in seconds.
         on_open, on_close, on_half_open: called on entering the state, with the breaker's name
@@ -612,6 +614,7 @@ class CircuitBreaker(Observable):
         elif (
             kind is FailureKind.REJECTED
             or kind is FailureKind.PERMANENT
+            or kind is FailureKind.THROTTLED
             or (config.ignore_exceptions and isinstance(exception, config.ignore_exceptions))
             or not isinstance(exception, config.expected_exception)
             or (

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_RETRY_CONFIG",
     "NETWORK_BREAKER_CONFIG",
     "NETWORK_RETRY_CONFIG",
+    "is_network_failure",
     "is_transient_database_error",
     "is_transient_network_error",
 ]
@@ -79,6 +80,16 @@ def is_transient_network_error(exc: BaseException) -> bool:
     return type(exc).__name__.endswith(_NETWORK_ERROR_SUFFIXES)
 
 
+def is_network_failure(exc: BaseException) -> bool:
+    """Whether a network/HTTP error counts against the dependency's health (for a breaker):
+    a transient one that is not throttling. A 429 means the service is up and asks us to slow
+    down; that is the rate limiter's business, and counting it would open the breaker on a
+    healthy, busy service."""
+    if isinstance(exc, ThrottledError) or _status_of(exc) == 429:
+        return False
+    return is_transient_network_error(exc)
+
+
 DEFAULT_RETRY_CONFIG = RetryConfig()
 """The seed's defaults: 3 attempts, 1 s exponential backoff (x2, capped at 60 s), jitter."""
 
@@ -117,6 +128,6 @@ DATABASE_BREAKER_CONFIG = CircuitBreakerConfig(
 NETWORK_BREAKER_CONFIG = CircuitBreakerConfig(
     failure_threshold=5,
     recovery_timeout=30.0,
-    failure_condition=is_transient_network_error,
+    failure_condition=is_network_failure,
 )
-"""Open after 5 consecutive transport failures or 5xx/429 answers; 4xx never counts."""
+"""Open after 5 consecutive transport failures or 5xx answers; 4xx and 429 never count."""

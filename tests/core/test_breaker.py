@@ -1410,3 +1410,21 @@ def test_breaker_state_does_not_grow_with_calls(clock: FakeClock, window: Window
     assert shape() == before
     assert end - start < 100_000
     assert b.stats().calls == 101_000
+
+
+def test_throttling_never_counts_as_a_failure(clock: FakeClock) -> None:
+    """A ThrottledError (429) is ignored by the breaker: the dependency is up, just busy."""
+    from sage_resilience.core import ThrottledError
+
+    breaker = CircuitBreaker("throttled", failure_threshold=2, clock=clock)
+
+    def throttled() -> None:
+        raise ThrottledError("429", retry_after=0.5)
+
+    for _ in range(10):
+        with pytest.raises(ThrottledError):
+            breaker.call(throttled)
+    stats = breaker.stats()
+    assert stats.state == "closed"
+    assert stats.failures == 0
+    assert stats.ignored == 10

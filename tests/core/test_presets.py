@@ -276,13 +276,23 @@ def test_network_breaker_ignores_client_errors(status: int, clock: FakeClock) ->
     assert stats.ignored == 20
 
 
-@pytest.mark.parametrize("status", HTTP_TRANSIENT_STATUS)
+@pytest.mark.parametrize("status", [s for s in HTTP_TRANSIENT_STATUS if s != 429])
 def test_network_breaker_counts_transient_statuses(status: int, clock: FakeClock) -> None:
-    """5xx and 429 answers count against the network dependency."""
+    """Transient answers (408, 425, 5xx) count against the network dependency."""
     n = NETWORK_BREAKER_CONFIG.failure_threshold
     assert n is not None
     state, _ = _breaker_state_after(NETWORK_BREAKER_CONFIG, ClientResponseError(status), clock, n)
     assert state is CircuitState.OPEN
+
+
+def test_network_breaker_ignores_throttling(clock: FakeClock) -> None:
+    """429 answers (status or ThrottledError) never open the network breaker: the service is up."""
+    from sage_resilience.core import ThrottledError
+
+    for exc in (ClientResponseError(429), ThrottledError("429", retry_after=1.0)):
+        state, stats = _breaker_state_after(NETWORK_BREAKER_CONFIG, exc, clock, 20)
+        assert state is CircuitState.CLOSED
+        assert stats.failures == 0
 
 
 def test_presets_are_frozen() -> None:

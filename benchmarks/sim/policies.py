@@ -1,0 +1,221 @@
+"""The policies the simulator compares, registered by name.
+
+A policy builder gets a :class:`RunContext` (the run's clock, random source, listener and the
+layer names) and returns a :class:`Stack`: one policy (or nothing) per layer, outer to inner.
+The same policy objects users import run here; nothing is simulated about them.
+
+* ``none``: no protection at all: one attempt, the client's deadline only.
+* ``seed``: Sage's original configuration (``../shared/seed/``): at each of the three nested
+  layers (manager, storage, database) a retry of 3 attempts, 0.5 s exponential backoff with the
+  seed's 0.5-1.0 jitter, retrying every exception (its own breaker's refusals included), over a
+  breaker that opens after 5 failures in 60 s (successes ignored, every exception counted) and
+  stays open 60 s, and whose half-open state admits every caller.
+* ``static``: a sound modern static configuration at the database layer only (one retrying
+  layer): 3 attempts with full jitter (0.1 s base, 2 s cap), a breaker on failure rate (50 % of
+  at least 20 calls in 10 s, 5 s open, 3 trial calls), and a per-attempt timeout of 2.5 times
+  the dependency's healthy p99.
+
+Adaptive policies register themselves through :func:`register_policy`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerOpenError,
+    Jitter,
+    Listener,
+    LoopClock,
+    Pipeline,
+    Registry,
+    Retry,
+    RetryConfig,
+    RetryStrategy,
+    Timeout,
+)
+from ...core.breaker import CircuitState
+
+__all__ = [
+    "POLICIES",
+    "PolicySpec",
+    "RunContext",
+    "SeedBreaker",
+    "Stack",
+    "register_policy",
+]
+
+
+@dataclass
+class RunContext:
+    """What a policy builder may know about a run (nothing about the faults to come)."""
+
+    clock: LoopClock
+    rng: random.Random
+    listener: Listener
+    layers: tuple[str, ...]
+    healthy_p99: float
+    registry: Registry = field(default_factory=lambda: Registry("sim"))
+
+    def attach(self, *policies: Any) -> None:
+        """Register ``policies`` (so the recorder hears their events)."""
+        for policy in policies:
+            self.registry.register(policy)
+            policy.add_listener(self.listener)
+
+
+@dataclass
+class Stack:
+    """One run's policies: ``layers[i]`` guards layer ``i`` (outer to inner), or ``None``."""
+
+    layers: list[Any]
+    priority: Callable[[str], AbstractContextManager[Any]] | None = None
+    state: Callable[[], dict[str, float]] | None = None  # extra values to plot over time
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    build: Callable[[RunContext], Stack]
+    description: str
+
+
+POLICIES: dict[str, PolicySpec] = {}
+
+
+def register_policy(name: str, build: Callable[[RunContext], Stack], description: str) -> None:
+    """Make ``name`` selectable on the command line (``--policy name``)."""
+    POLICIES[name] = PolicySpec(name, build, description)
+
+
+class SeedBreaker(CircuitBreaker):
+    """The seed's breaker: opens on ``failure_threshold`` failures within the monitoring
+    window, successes ignored; every exception counts, its own and inner breakers' refusals
+    included (the defects of ``../shared/DESIGN.md`` kept on purpose, to measure them)."""
+
+    def _should_trip(self, now: float) -> str:
+        config = self.config
+        threshold = config.failure_threshold or 5
+        if self._window.snapshot(now).failures >= threshold:
+            return "failures_in_window"
+        return ""
+
+    def on_exception(self, permit: int, exception: BaseException, duration: float = 0.0) -> None:
+        if isinstance(exception, Exception):
+            self.on_failure(permit, duration, exception)
+        else:
+            self.release(permit)
+
+
+def _build_none(ctx: RunContext) -> Stack:
+    return Stack(layers=[None] * len(ctx.layers))
+
+
+def _build_seed(ctx: RunContext) -> Stack:
+    layers: list[Any] = []
+    for name in ctx.layers:
+        retry = Retry(
+            RetryConfig(
+                max_attempts=3,
+                initial_delay=0.5,
+                strategy=RetryStrategy.EXPONENTIAL,
+                jitter=True,
+                retryable_exceptions=(Exception, CircuitBreakerOpenError),
+                clock=ctx.clock,
+                random=ctx.rng.random,
+            ),
+            name=f"{name}.retry",
+        )
+        breaker = SeedBreaker(
+            f"{name}.breaker",
+            CircuitBreakerConfig(
+                failure_threshold=5,
+                monitoring_window=60.0,
+                recovery_timeout=60.0,
+                success_threshold=2,
+                half_open_max_calls=1_000_000,
+            ),
+            clock=ctx.clock,
+        )
+        ctx.attach(retry, breaker)
+        layers.append(Pipeline(retry, breaker, name=name))
+    return Stack(layers=layers)
+
+
+def _build_seed_retries(ctx: RunContext) -> Stack:
+    stack = _build_seed(ctx)
+    # The same nested retries, with the breakers taken out: what the seed's own measurement saw
+    # (its breakers did not hold, so each request made 3 x 3 x 3 database attempts).
+    stack.layers = [Pipeline(layer.policies[0], name=layer.name) for layer in stack.layers]
+    return stack
+
+
+def _build_static(ctx: RunContext) -> Stack:
+    retry = Retry(
+        RetryConfig(
+            max_attempts=3,
+            initial_delay=0.1,
+            max_delay=2.0,
+            strategy=RetryStrategy.EXPONENTIAL,
+            jitter=Jitter.FULL,
+            clock=ctx.clock,
+            random=ctx.rng.random,
+        ),
+        name="database.retry",
+    )
+    breaker = CircuitBreaker(
+        "database.breaker",
+        CircuitBreakerConfig(
+            failure_threshold=None,
+            failure_rate_threshold=0.5,
+            minimum_calls=20,
+            monitoring_window=10.0,
+            recovery_timeout=5.0,
+            success_threshold=3,
+            half_open_max_calls=3,
+        ),
+        clock=ctx.clock,
+    )
+    timeout = Timeout(2.5 * ctx.healthy_p99, kind="attempt", name="database.timeout")
+    ctx.attach(retry, breaker, timeout)
+    layers: list[Any] = [None] * (len(ctx.layers) - 1)
+    layers.append(Pipeline.build(retry, breaker, timeout, name="database"))
+    return Stack(layers=layers)
+
+
+register_policy("none", _build_none, "no protection: one attempt, the client's deadline only")
+register_policy(
+    "seed",
+    _build_seed,
+    "Sage's original: retry x3 (0.5 s exp, jitter) over a 5-failures/60 s breaker at each of "
+    "3 nested layers",
+)
+register_policy(
+    "seed-retries",
+    _build_seed_retries,
+    "the seed's three nested retry layers without breakers (the 27x multiplication)",
+)
+register_policy(
+    "static",
+    _build_static,
+    "sound static config: one retrying layer, full jitter, 50 % failure-rate breaker, "
+    "per-attempt timeout",
+)
+
+
+@contextmanager
+def _no_priority(_: str) -> Iterator[None]:
+    yield
+
+
+def breaker_state_value(breaker: CircuitBreaker) -> float:
+    """0 closed, 1 half-open, 2 open: for plots."""
+    return {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}[
+        breaker.state
+    ]
