@@ -7,6 +7,7 @@ simulator and writes the table, ``results.json``, plots and ``report.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ def _bench(args: argparse.Namespace) -> int:
         "policies": policies,
         "wall_seconds": wall,
     }
-    written = write_report(results, args.out, meta=meta, plots=not args.no_plots)
+    workers = args.jobs if args.jobs is not None else os.cpu_count() or 1
+    written = write_report(
+        results, args.out, meta=meta, plots=not args.no_plots, workers=max(1, workers)
+    )
     plots = sum(1 for key in written if key not in ("json", "report"))
     print(
         f"\n{len(results)} runs in {wall:.1f} s; wrote {args.out / 'results.json'}, "

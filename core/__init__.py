@@ -41,6 +41,7 @@ from .errors import (
     RejectedError,
     ResilienceError,
     ResilienceTimeoutError,
+    ShedError,
     ThrottledError,
     TransientError,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "RetryStrategy",
     "RetrySucceeded",
     "SettingChanged",
+    "ShedError",
     "SystemClock",
     "ThrottledError",
     "TimeWindow",

@@ -3,14 +3,19 @@ runtime (the adaptive concurrency controllers drive :meth:`Bulkhead.set_limit`).
 
 A call takes a slot if fewer than ``max_concurrent`` are in use and nobody is queued; otherwise it
 queues (at most ``max_queue`` waiters, each up to ``queue_timeout`` seconds) or is refused with
-:class:`BulkheadFull`. Slots are handed to waiters in arrival order. A waiter that times out or is
-cancelled leaves the queue; a slot is never lost: every successful acquire is matched by exactly
-one release, which wakes the head of the queue.
+:class:`BulkheadFull` (``reason`` ``"bulkhead_full"`` when the queue is full, ``"queue_timeout"``
+when the wait ran out). Slots are handed to waiters in arrival order. A waiter that times out or
+is cancelled leaves the queue; a slot is never lost: every successful acquire is matched by
+exactly one release, which wakes the head of the queue (a release without an acquire raises
+``RuntimeError`` instead of silently widening the bulkhead).
 
 As in :mod:`.ratelimit`, the decisions are made under one lock and two drivers wait on them
 (``clock.wait`` on an event, ``clock.await_future`` on a future). With a free slot and nobody
-queued, acquiring and releasing take no lock on GIL builds (an uninterrupted compare-and-increment
-on an int attribute).
+queued, acquiring and releasing take no lock on GIL builds: each is a test and an update of an int
+attribute with no call between them, which CPython never interrupts; every locked update of the
+count is written the same way (the count is raised before a waiter leaves the queue, so the
+lock-free path, which only admits on an empty queue, never sees a slot that is already promised).
+Free-threaded builds take the lock on both.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any, ParamSpec, TypeVar
 from ._callables import decorate
 from ._gil import GIL_ENABLED
 from ._validate import check_float, check_int, check_optional_float
-from .clock import Clock, resolve_clock
+from ._waiting import MIN_WAIT, Parked, check_name, check_waiting_clock
+from .clock import Clock
 from .errors import BulkheadFull
 from .events import CallRejected, Listener, Observable, SettingChanged, emit
 
@@ -39,7 +45,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class BulkheadStats:
-    """A bulkhead's limit and counts at one moment."""
+    """A bulkhead's limit and counts at one moment.
+
+    ``admitted`` counts every slot handed out (at once or after queueing), ``waited`` those that
+    queued first, ``rejected`` every refusal (``try_acquire`` returning ``False`` included).
+    """
 
     name: str
     max_concurrent: int
@@ -50,33 +60,8 @@ class BulkheadStats:
     waited: int
 
 
-class _Slot:
-    __slots__ = ("deadline", "event", "future")
-
-    def __init__(self, deadline: float, *, sync: bool) -> None:
-        self.deadline = deadline
-        self.event: threading.Event | None = threading.Event() if sync else None
-        self.future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
-        future = self.future
-        if future is not None and not future.done():
-            loop = future.get_loop()
-            try:
-                same = asyncio.get_running_loop() is loop
-            except RuntimeError:
-                same = False
-            if same:
-                future.set_result(None)
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(_set_if_pending, future)
-
-
-def _set_if_pending(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+class _Slot(Parked):
+    __slots__ = ()
 
 
 class Bulkhead(Observable):
@@ -120,14 +105,9 @@ class Bulkhead(Observable):
         self._limit = check_int("max_concurrent", max_concurrent, minimum=1)
         self.max_queue = check_int("max_queue", max_queue, minimum=0)
         self.queue_timeout = check_optional_float("queue_timeout", queue_timeout, minimum=0.0)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        clock = resolve_clock(clock)
-        if not callable(getattr(clock, "now", None)):
-            raise TypeError(f"clock must provide now(), got {clock!r}")
-        self.name = name
-        self.clock = clock
-        self._now = clock.now
+        self.name = check_name(name)
+        self.clock = check_waiting_clock(clock)
+        self._now = self.clock.now
         self._lock = threading.Lock()
         self._waiters: deque[_Slot] = deque()
         self._in_use = 0
@@ -165,61 +145,87 @@ class Bulkhead(Observable):
     def __repr__(self) -> str:
         return f"Bulkhead(name={self.name!r}, max_concurrent={self._limit!r})"
 
-    # -- the decision core ---------------------------------------------------------------------
+    # -- the hot path: no lock on GIL builds ---------------------------------------------------
+
+    def _take_free(self) -> bool:
+        # No call in this block: the GIL makes the test-and-increment one step.
+        if self._in_use < self._limit and not self._waiters:
+            self._in_use += 1
+            self._admitted += 1
+            return True
+        return False
+
+    def _take_locked(self) -> bool:
+        with self._lock:
+            return self._take_free()
+
+    _take_now = _take_free if GIL_ENABLED else _take_locked
+
+    def release(self) -> None:
+        """Give a slot back; the head of the queue, if any, gets it.
+
+        Raises:
+            RuntimeError: more releases than acquires (the count stays as it was).
+        """
+        if GIL_ENABLED:
+            in_use = self._in_use
+            if in_use > 0:
+                self._in_use = in_use - 1  # no call since the read: one step under the GIL
+                if self._waiters:
+                    with self._lock:
+                        if self._waiters:
+                            self._waiters[0].wake()
+                return
+        else:
+            with self._lock:
+                if self._in_use > 0:
+                    self._in_use -= 1
+                    if self._waiters:
+                        self._waiters[0].wake()
+                    return
+        raise RuntimeError(f"bulkhead {self.name!r} released more often than acquired")
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody waits; never waits. Pair with :meth:`release`."""
         if GIL_ENABLED:
-            # No call in this block: the GIL makes the test-and-increment one step.
+            # _take_free inlined (a method call costs as much as this path).
             if self._in_use < self._limit and not self._waiters:
                 self._in_use += 1
                 self._admitted += 1
                 return True
-        else:
-            with self._lock:
-                if self._in_use < self._limit and not self._waiters:
-                    self._in_use += 1
-                    self._admitted += 1
-                    return True
+        elif self._take_locked():
+            return True
+        self._rejected += 1
+        self._refused(BulkheadFull(self.name, reason="bulkhead_full"))
         return False
 
-    def release(self) -> None:
-        """Give a slot back; the head of the queue, if any, gets it."""
-        if GIL_ENABLED:
-            self._in_use -= 1
-            if not self._waiters:
-                return
-            with self._lock:
-                if self._waiters:
-                    self._waiters[0].wake()
-            return
-        with self._lock:
-            self._in_use -= 1
-            if self._waiters:
-                self._waiters[0].wake()
+    # -- the decision core (lock held) ---------------------------------------------------------
 
     def _grant_head(self, slot: _Slot) -> bool:
-        if self._waiters and self._waiters[0] is slot and self._in_use < self._limit:
-            self._waiters.popleft()
+        waiters = self._waiters
+        if waiters and waiters[0] is slot and self._in_use < self._limit:
+            # Count the slot before dequeueing: the lock-free path admits only on an empty queue.
             self._in_use += 1
+            waiters.popleft()
             self._admitted += 1
             self._waited += 1
-            if self._waiters and self._in_use < self._limit:
-                self._waiters[0].wake()
+            if waiters and self._in_use < self._limit:
+                waiters[0].wake()
             return True
         return False
 
     def _leave(self, slot: _Slot) -> None:
-        was_head = bool(self._waiters) and self._waiters[0] is slot
+        waiters = self._waiters
+        was_head = bool(waiters) and waiters[0] is slot
         try:
-            self._waiters.remove(slot)
+            waiters.remove(slot)
         except ValueError:
             return
-        if was_head and self._waiters:
-            self._waiters[0].wake()
+        if was_head and waiters:
+            waiters[0].wake()
 
     def _enqueue(self, timeout: float | None, *, sync: bool) -> _Slot | None:
-        """Under the lock: a slot at once (None), a place in line, or :class:`BulkheadFull`."""
+        """A slot at once (None), a place in line, or :class:`BulkheadFull`."""
         if self._in_use < self._limit and not self._waiters:
             self._in_use += 1
             self._admitted += 1
@@ -250,6 +256,39 @@ class Bulkhead(Observable):
             return self.queue_timeout
         return check_float("timeout", timeout, minimum=0.0)
 
+    # -- the steps both drivers share ----------------------------------------------------------
+
+    def _join(self, timeout: float | None, *, sync: bool) -> _Slot | None:
+        try:
+            with self._lock:
+                return self._enqueue(timeout, sync=sync)
+        except BulkheadFull as exc:
+            refusal = exc  # reported outside the handler: a listener's error must not chain to it
+        self._refused(refusal)
+        raise refusal
+
+    def _step(self, slot: _Slot) -> float | None:
+        """One decision for a queued caller: admitted (``None``), give up (raises), or how long
+        to wait before deciding again (its event or future armed beforehand)."""
+        with self._lock:
+            if self._grant_head(slot):
+                return None
+            now = self._now()
+            if now < slot.deadline:
+                if slot.event is not None:
+                    slot.event.clear()
+                wait = slot.deadline - now
+                return wait if wait > MIN_WAIT else MIN_WAIT
+            self._leave(slot)
+            self._rejected += 1
+            refusal = BulkheadFull(self.name, reason="queue_timeout")
+        self._refused(refusal)
+        raise refusal
+
+    def _abandon(self, slot: _Slot) -> None:
+        with self._lock:
+            self._leave(slot)
+
     # -- sync driver ---------------------------------------------------------------------------
 
     def acquire(self, timeout: float | None = None) -> None:
@@ -258,19 +297,21 @@ class Bulkhead(Observable):
         Raises:
             BulkheadFull: the queue is full, or no slot came within the timeout.
         """
-        if self.try_acquire():
+        timeout = self._timeout(timeout)
+        if self._take_now():
             return
         slot = self._join(timeout, sync=True)
         if slot is None:
             return
         event = slot.event
         assert event is not None
+        wait = self.clock.wait
         try:
             while True:
-                wait = self._step(slot)
-                if wait is None:
+                delay = self._step(slot)
+                if delay is None:
                     return
-                self.clock.wait(event, None if math.isinf(wait) else wait)
+                wait(event, None if math.isinf(delay) else delay)
         except BaseException:
             self._abandon(slot)
             raise
@@ -279,57 +320,25 @@ class Bulkhead(Observable):
 
     async def aacquire(self, timeout: float | None = None) -> None:
         """Async :meth:`acquire`; a cancelled waiter leaves the line."""
-        if self.try_acquire():
+        timeout = self._timeout(timeout)
+        if self._take_now():
             return
         slot = self._join(timeout, sync=False)
         if slot is None:
             return
         loop = asyncio.get_running_loop()
+        await_future = self.clock.await_future
         try:
             while True:
                 future: asyncio.Future[None] = loop.create_future()
                 slot.future = future
-                wait = self._step(slot)
-                if wait is None:
+                delay = self._step(slot)
+                if delay is None:
                     return
-                await self.clock.await_future(future, None if math.isinf(wait) else wait)
+                await await_future(future, None if math.isinf(delay) else delay)
         except BaseException:
             self._abandon(slot)
             raise
-
-    # -- the steps both drivers share ----------------------------------------------------------
-
-    def _join(self, timeout: float | None, *, sync: bool) -> _Slot | None:
-        timeout = self._timeout(timeout)
-        try:
-            with self._lock:
-                return self._enqueue(timeout, sync=sync)
-        except BulkheadFull as refusal:
-            self._refused(refusal)
-            raise
-
-    def _step(self, slot: _Slot) -> float | None:
-        """One decision for a queued caller: admitted (``None``), give up (raises), or how long
-        to wait before deciding again (its event or future armed beforehand)."""
-        refusal: BulkheadFull | None = None
-        with self._lock:
-            if self._grant_head(slot):
-                return None
-            now = self._now()
-            if now >= slot.deadline:
-                self._leave(slot)
-                self._rejected += 1
-                refusal = BulkheadFull(self.name, reason="queue_timeout")
-            elif slot.event is not None:
-                slot.event.clear()
-        if refusal is not None:
-            self._refused(refusal)
-            raise refusal
-        return slot.deadline - now
-
-    def _abandon(self, slot: _Slot) -> None:
-        with self._lock:
-            self._leave(slot)
 
     # -- runtime retuning ----------------------------------------------------------------------
 
@@ -340,6 +349,7 @@ class Bulkhead(Observable):
         with self._lock:
             old = self._limit
             self._limit = limit
+            now = self._now()
             if self._waiters and self._in_use < limit:
                 self._waiters[0].wake()
         if self._listeners and old != limit:
@@ -347,7 +357,7 @@ class Bulkhead(Observable):
                 self._listeners,
                 SettingChanged(
                     policy=self.name,
-                    time=self._now(),
+                    time=now,
                     setting="max_concurrent",
                     old=float(old),
                     new=float(limit),
@@ -358,7 +368,8 @@ class Bulkhead(Observable):
     # -- as a policy ---------------------------------------------------------------------------
 
     def __enter__(self) -> Bulkhead:
-        self.acquire()
+        if not self._take_now():
+            self.acquire()
         return self
 
     def __exit__(
@@ -370,7 +381,8 @@ class Bulkhead(Observable):
         self.release()
 
     async def __aenter__(self) -> Bulkhead:
-        await self.aacquire()
+        if not self._take_now():
+            await self.aacquire()
         return self
 
     async def __aexit__(
@@ -383,7 +395,7 @@ class Bulkhead(Observable):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn`` holding a slot."""
-        if not self.try_acquire():
+        if not self._take_now():
             self.acquire()
         try:
             return fn(*args, **kwargs)
@@ -392,7 +404,7 @@ class Bulkhead(Observable):
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn`` holding a slot."""
-        if not self.try_acquire():
+        if not self._take_now():
             await self.aacquire()
         try:
             return await fn(*args, **kwargs)

@@ -17,6 +17,7 @@ __all__ = [
     "RejectedError",
     "ResilienceError",
     "ResilienceTimeoutError",
+    "ShedError",
     "ThrottledError",
     "TransientError",
 ]
@@ -89,6 +90,30 @@ class BulkheadFull(RejectedError):
         super().__init__(f"bulkhead {name!r} is full ({reason})", name=name, reason=reason)
 
 
+class ShedError(RejectedError):
+    """The load shedder ``name`` refused the call to protect the dependency under overload.
+
+    Attributes:
+        priority: the name of the refused call's priority level.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        priority: str,
+        retry_after: float | None = None,
+        reason: str = "shed",
+    ) -> None:
+        super().__init__(
+            f"{name!r} shed a {priority} call ({reason})",
+            name=name,
+            reason=reason,
+            retry_after=retry_after,
+        )
+        self.priority = priority
+
+
 class ResilienceTimeoutError(ResilienceError, TimeoutError):
     """A :class:`~.timeout.Timeout` fired: the call took longer than ``seconds``.
 
@@ -110,7 +135,10 @@ class ResilienceTimeoutError(ResilienceError, TimeoutError):
 def _rebuild_timeout(
     cls: type[ResilienceTimeoutError], args: tuple[Any, ...]
 ) -> ResilienceTimeoutError:
-    return cls.__new__(cls, *args)
+    # TimeoutError (an OSError) fills ``args`` in ``__init__``, which unpickling skips.
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class TransientError(Exception):

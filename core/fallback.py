@@ -1,8 +1,13 @@
 """Fallback: answer with a value (or a handler's answer) instead of failing.
 
-So a Sage search can degrade to an empty or unranked result when the embedding service is down:
-``Fallback(value=[], on=(RejectedError, ConnectionError))``. Cancellation, ``KeyboardInterrupt``
-and ``SystemExit`` are never handled, whatever ``on`` says.
+So a Sage search can degrade to an empty result when the embedding service is down or one of our
+own policies refuses the call: ``Fallback(value=[], on=(RejectedError, ConnectionError))``.
+Placed outermost in a pipeline it answers for every failure below it, our rejections
+(:class:`~.errors.CircuitBreakerOpenError`, :class:`~.errors.RateLimitExceeded`,
+:class:`~.errors.BulkheadFull`) included.
+
+Cancellation, ``KeyboardInterrupt`` and ``SystemExit`` are never handled: ``on`` may only name
+``Exception`` classes (``BaseException`` is read as "every ``Exception``").
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import decorate
+from ._callables import decorate, is_async_callable
 from ._validate import check_callable, check_exceptions
 from .clock import Clock, resolve_clock
 from .events import FallbackUsed, Listener, Observable, emit
@@ -38,12 +43,13 @@ class Fallback(Observable):
     """On one of the ``on`` exceptions, return ``value`` or ``handler(exc)`` instead.
 
     Args:
-        value: the value to answer with.
-        handler: ``(exc) -> value`` (or an async function, for async calls); exclusive with
-            ``value``.
-        on: the exception classes handled (default every ``Exception``).
-        name: shown in events.
-        listeners: callables receiving a :class:`FallbackUsed` each time it answers.
+        value: the value to answer with (may be ``None``).
+        handler: ``(exc) -> value``, or an async function for async calls; exactly one of
+            ``value`` and ``handler`` must be given.
+        on: the ``Exception`` classes handled (default every ``Exception``).
+        name: shown in stats and events.
+        clock: time source of the events (default the system's monotonic clock).
+        listeners: callables receiving a :class:`~.events.FallbackUsed` each time it answers.
     """
 
     __slots__ = ("_async_handler", "clock", "handled", "handler", "name", "on", "value")
@@ -52,7 +58,7 @@ class Fallback(Observable):
         self,
         value: Any = _MISSING,
         *,
-        handler: Callable[[BaseException], Any] | None = None,
+        handler: Callable[[Exception], Any] | None = None,
         on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         name: str = "fallback",
         clock: Clock | None = None,
@@ -61,11 +67,25 @@ class Fallback(Observable):
         if (value is _MISSING) == (handler is None):
             raise ValueError("give exactly one of value or handler")
         self.handler = check_callable("handler", handler)
-        self._async_handler = handler is not None and inspect.iscoroutinefunction(handler)
+        self._async_handler = handler is not None and is_async_callable(handler)
         self.value: Any = None if value is _MISSING else value
-        self.on = tuple(c for c in check_exceptions("on", on))
-        if not self.on:
+        classes = check_exceptions("on", on)
+        if not classes:
             raise ValueError("on must name at least one exception class")
+        never = [
+            c.__name__ for c in classes if c is not BaseException and not issubclass(c, Exception)
+        ]
+        if never:
+            raise ValueError(
+                f"on names {', '.join(never)}, which a fallback never handles (cancellation, "
+                "KeyboardInterrupt and SystemExit always propagate)"
+            )
+        # Every class is now an Exception subclass, so ``except self.on`` never catches a
+        # cancellation.
+        self.on: tuple[type[Exception], ...] = tuple(
+            Exception if c is BaseException else c  # type: ignore[misc]
+            for c in classes
+        )
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name
@@ -75,54 +95,67 @@ class Fallback(Observable):
         for listener in listeners:
             self.add_listener(listener)
 
+    @property
+    def async_only(self) -> bool:
+        """Whether only async calls can use it (its handler is async)."""
+        return self._async_handler
+
     def stats(self) -> FallbackStats:
         return FallbackStats(name=self.name, handled=self.handled)
 
     def __repr__(self) -> str:
         return f"Fallback(name={self.name!r}, on={self.on!r})"
 
-    def _handles(self, exc: BaseException) -> bool:
-        return isinstance(exc, Exception) and isinstance(exc, self.on)
-
-    def _used(self, exc: BaseException) -> None:
+    def _used(self, exc: Exception) -> None:
         self.handled += 1
         if self._listeners:
             emit(
                 self._listeners,
-                FallbackUsed(policy=self.name, time=0.0, exception=type(exc).__name__),
+                FallbackUsed(policy=self.name, time=self.clock.now(), exception=type(exc).__name__),
             )
+
+    def _sync_refused(self) -> TypeError:
+        return TypeError(
+            f"fallback {self.name!r} has an async handler (it returns a coroutine); use it on "
+            "async calls"
+        )
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn``; on a handled exception answer the fallback instead."""
         try:
             return fn(*args, **kwargs)
-        except BaseException as exc:
-            if not self._handles(exc):
-                raise
-            self._used(exc)
-            if self.handler is None:
+        except self.on as exc:
+            handler = self.handler
+            if handler is None:
+                self._used(exc)
                 return self.value  # type: ignore[no-any-return]
             if self._async_handler:
-                raise TypeError(
-                    f"fallback {self.name!r} has an async handler; use it on async calls"
-                ) from exc
-            return self.handler(exc)  # type: ignore[no-any-return]
+                raise self._sync_refused() from exc
+            self._used(exc)
+            answer = handler(exc)
+            if inspect.iscoroutine(answer):
+                # A sync-looking handler (a lambda, say) that made a coroutine.
+                answer.close()
+                raise self._sync_refused() from exc
+            return answer  # type: ignore[no-any-return]
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn``; on a handled exception answer the fallback instead."""
         try:
             return await fn(*args, **kwargs)
-        except BaseException as exc:
-            if not self._handles(exc):
-                raise
+        except self.on as exc:
             self._used(exc)
-            if self.handler is None:
+            handler = self.handler
+            if handler is None:
                 return self.value  # type: ignore[no-any-return]
-            answer = self.handler(exc)
-            if self._async_handler:
+            answer = handler(exc)
+            # Also awaits what a sync-looking handler (a lambda, say) returned from async code.
+            if self._async_handler or inspect.isawaitable(answer):
                 answer = await answer
             return answer  # type: ignore[no-any-return]
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``fn`` (sync or async)."""
+        """Decorate ``fn`` (sync or async; a sync one needs a sync handler or a value)."""
+        if self._async_handler and callable(fn) and not is_async_callable(fn):
+            raise self._sync_refused()
         return decorate(self, fn)

@@ -3,36 +3,48 @@
 Tokens refill continuously at ``rate`` per second up to ``burst``. A caller takes ``n`` tokens
 (:meth:`RateLimiter.try_acquire` without waiting; :meth:`~RateLimiter.acquire` /
 :meth:`~RateLimiter.aacquire` waiting up to a timeout, also as ``with limiter:`` / ``async with
-limiter:``). Waiters are served strictly in arrival order: a caller never takes tokens while
-someone is queued ahead of it. Tokens are only taken when a waiter is granted, so a waiter that
-gives up or is cancelled leaves the queue without losing or duplicating any. When a request
-cannot be served within its timeout (judged at once from the queue ahead of it, and again while it
-waits), it raises :class:`RateLimitExceeded` carrying ``retry_after``.
+limiter:``). Waiters are served strictly in arrival order, whatever their sizes: a caller never
+takes tokens while someone is queued ahead of it, so a big request at the head is not overtaken
+by small ones. Tokens are only taken when a waiter is granted, so a waiter that gives up or is
+cancelled leaves the queue without losing or duplicating any, and the next in line is woken.
+
+When a request cannot be served within its timeout it raises :class:`RateLimitExceeded` carrying
+``retry_after``: judged at once from the tokens queued ahead of it, or at its deadline while it
+waits (the rate may have dropped meanwhile). ``retry_after`` is how long until a fresh request of
+the same size would be served at the current rate, behind everyone still queued.
 
 :meth:`~RateLimiter.set_rate` changes the rate (and burst) at runtime, crediting the tokens
-earned at the old rate up to that instant, and wakes the head of the queue so it re-plans with
-the new rate: the adaptive controllers drive it.
+earned at the old rate up to that instant (then capping them at the new burst), and wakes the
+head of the queue so it re-plans with the new rate: the adaptive controllers drive it. A waiter
+asking for more than a lowered burst can never be served; it is refused at once.
 
 **One core, two drivers.** The decisions (refill, grant, plan, give up) are methods called under
 the limiter's lock; the sync driver waits on a ``threading.Event`` through ``clock.wait`` and the
 async one on a future through ``clock.await_future``, so a :class:`~.clock.FakeClock` or the
-simulator's virtual clock drive waiting as well as sleeping.
+simulator's virtual clock drive waiting as well as sleeping. Every planned wait is at least
+:data:`MIN_WAIT`, and a grant short of its tokens by float noise (:data:`_TOLERANCE`) goes
+through: a clock that does not move for a wait below its resolution (a virtual loop, a fake clock
+far from zero) would otherwise spin forever on a waiter missing 1e-16 of a token.
 
-**Why not aiolimiter.** aiolimiter's ``AsyncLimiter`` orders waiters by requested amount (not
-FIFO), lets a newcomer take freed capacity ahead of queued waiters, has no timeout and no runtime
-rate change, reads the event loop's time (no sync use, no injected clock) and costs about 0.9 µs
-per permit (ANCHORS.md; the overhead benchmark measures it beside ours). Wrapping it would replace
-every one of its methods, so the limiter is our own; aiolimiter stays a reference in the benchmark.
+**Why not aiolimiter.** aiolimiter's ``AsyncLimiter`` (1.3) keeps its waiters in a heap ordered
+by requested amount (a big request starves behind small ones, not FIFO), lets a newcomer with
+capacity take it ahead of queued waiters, has no timeout and no runtime rate change, and reads the
+event loop's time (no sync use, no injected clock). Wrapping it would replace every one of those
+methods, so the limiter is our own; aiolimiter stays a reference in the overhead benchmark, which
+measures it beside ours (its ``acquire`` costs about two and a half times our ``aacquire``).
 
 **The hot path.** With tokens available and nobody waiting, a permit costs one clock read and a
 few arithmetic operations on attributes, without a lock: on GIL builds that sequence contains no
-call after the clock read, which CPython never interrupts. Free-threaded builds take the lock.
+call after the clock read, which CPython never interrupts (see :mod:`._gil`); every locked
+read-modify-write of the tokens is written without a call inside it, so the two never interleave
+mid-update. Free-threaded builds run the same code under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -43,7 +55,8 @@ from typing import Any, ParamSpec, TypeVar
 from ._callables import decorate
 from ._gil import GIL_ENABLED
 from ._validate import check_float, check_optional_float
-from .clock import Clock, resolve_clock
+from ._waiting import MIN_WAIT, Parked, check_name, check_waiting_clock
+from .clock import Clock
 from .errors import RateLimitExceeded
 from .events import CallRejected, Listener, Observable, SettingChanged, emit
 
@@ -52,10 +65,19 @@ __all__ = ["RateLimiter", "RateLimiterStats"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_TOLERANCE = 1e-9
+"""Tokens: a waiter short of its tokens by less than this (float noise) is granted."""
+
+"""Seconds: the shortest wait a waiter plans, so a fake or virtual clock always moves."""
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimiterStats:
-    """A limiter's settings and counts at one moment."""
+    """A limiter's settings and counts at one moment.
+
+    ``acquired`` counts every grant (at once or after waiting), ``waited`` the grants that
+    waited in line, ``rejected`` every refusal (``try_acquire`` returning ``False`` included).
+    """
 
     name: str
     rate: float
@@ -67,36 +89,12 @@ class RateLimiterStats:
     waited: int
 
 
-class _Waiter:
-    __slots__ = ("deadline", "event", "future", "n")
+class _Waiter(Parked):
+    __slots__ = ("n",)
 
     def __init__(self, n: float, deadline: float, *, sync: bool) -> None:
+        super().__init__(deadline, sync=sync)
         self.n = n
-        self.deadline = deadline
-        self.event: threading.Event | None = threading.Event() if sync else None
-        self.future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
-        future = self.future
-        if future is not None and not future.done():
-            loop = future.get_loop()
-            if loop.is_closed():
-                return
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                future.set_result(None)
-            else:
-                loop.call_soon_threadsafe(_set_if_pending, future)
-
-
-def _set_if_pending(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class RateLimiter(Observable):
@@ -120,6 +118,7 @@ class RateLimiter(Observable):
         "_last",
         "_lock",
         "_now",
+        "_queued",
         "_rate",
         "_rejected",
         "_tokens",
@@ -143,8 +142,7 @@ class RateLimiter(Observable):
     ) -> None:
         rate = check_float("rate", rate, positive=True)
         burst = max(1.0, rate) if burst is None else check_float("burst", burst, positive=True)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = check_name(name)
         self.max_wait = check_optional_float("max_wait", max_wait, minimum=0.0)
         tokens = (
             burst
@@ -153,18 +151,15 @@ class RateLimiter(Observable):
         )
         if tokens > burst:
             raise ValueError(f"initial_tokens ({tokens!r}) must be <= burst ({burst!r})")
-        clock = resolve_clock(clock)
-        if not callable(getattr(clock, "now", None)):
-            raise TypeError(f"clock must provide now(), got {clock!r}")
-        self.name = name
-        self.clock = clock
-        self._now = clock.now
+        self.clock = check_waiting_clock(clock)
+        self._now = self.clock.now
         self._rate = rate
         self._burst = burst
         self._tokens = tokens
         self._last = self._now()
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
+        self._queued = 0.0  # tokens asked for by the waiters, kept with the queue
         self._acquired = 0
         self._rejected = 0
         self._waited = 0
@@ -210,6 +205,76 @@ class RateLimiter(Observable):
     def __repr__(self) -> str:
         return f"RateLimiter(name={self.name!r}, rate={self._rate!r}, burst={self._burst!r})"
 
+    # -- the hot path: take at once, no lock on GIL builds -------------------------------------
+
+    def _take_free(self, n: float) -> bool:
+        """Take ``n`` tokens if nobody waits and they are there; ``False`` otherwise (also for an
+        ``n`` that is not a positive int or float: the slow path judges it)."""
+        now = self._now()
+        # No call from here to the return: under the GIL this runs as one step. The exact type
+        # test keeps out bools and numeric types whose comparisons would run Python code.
+        if not self._waiters and (n.__class__ is float or n.__class__ is int) and n > 0:
+            tokens = self._tokens
+            elapsed = now - self._last
+            if elapsed > 0.0:  # a clock read before another thread's refill must not rewind it
+                tokens += elapsed * self._rate
+                if tokens > self._burst:  # noqa: PLR1730 - min() is a call: slower, and a switch point
+                    tokens = self._burst
+                self._last = now
+            if tokens >= n:
+                self._tokens = tokens - n
+                self._acquired += 1
+                return True
+            self._tokens = tokens
+        return False
+
+    def _take_locked(self, n: float) -> bool:
+        with self._lock:
+            return self._take_free(n)
+
+    _take_now = _take_free if GIL_ENABLED else _take_locked
+
+    def try_acquire(self, n: float = 1.0) -> bool:
+        """Take ``n`` tokens if they are there and nobody is waiting; never waits.
+
+        Raises:
+            ValueError: ``n`` is not a number in ``(0, burst]``.
+        """
+        if GIL_ENABLED:
+            # _take_free inlined (a method call costs as much as a third of this path).
+            now = self._now()
+            if not self._waiters and (n.__class__ is float or n.__class__ is int) and n > 0:
+                tokens = self._tokens
+                elapsed = now - self._last
+                if elapsed > 0.0:
+                    tokens += elapsed * self._rate
+                    if tokens > self._burst:  # noqa: PLR1730 - see _take_free
+                        tokens = self._burst
+                    self._last = now
+                if tokens >= n:
+                    self._tokens = tokens - n
+                    self._acquired += 1
+                    return True
+                self._tokens = tokens
+        elif self._take_locked(n):
+            return True
+        return self._try_slow(n)
+
+    def _try_slow(self, n: float) -> bool:
+        """:meth:`try_acquire` for any valid ``n``: take, or count the refusal and report it."""
+        n = self._check_amount(n)
+        with self._lock:
+            now = self._now()
+            self._refill(now)
+            if not self._waiters and self._tokens >= n:
+                self._tokens -= n
+                self._acquired += 1
+                return True
+            self._rejected += 1
+            retry_after = self._eta(self._queued, n)
+        self._rejected_event(now, retry_after)
+        return False
+
     # -- the decision core (lock held) -----------------------------------------------------------
 
     def _refill(self, now: float) -> None:
@@ -219,24 +284,45 @@ class RateLimiter(Observable):
             self._tokens = tokens if tokens < self._burst else self._burst
             self._last = now
 
-    def _check_amount(self, n: float) -> float:
-        if isinstance(n, bool) or not isinstance(n, int | float) or not 0 < n <= self._burst:
+    def _check_amount(self, n: object) -> float:
+        if (
+            isinstance(n, bool)
+            or not isinstance(n, numbers.Real)
+            or not 0 < float(n) <= self._burst
+        ):
             raise ValueError(f"n must be a number in (0, burst={self._burst}], got {n!r}")
         return float(n)
 
     def _eta(self, ahead: float, n: float) -> float:
         """Seconds until ``n`` tokens are free for a request behind ``ahead`` queued tokens."""
         missing = ahead + n - self._tokens
-        return missing / self._rate if missing > 0.0 else 0.0
+        return missing / self._rate if missing > _TOLERANCE else 0.0
 
-    def _queued_tokens(self) -> float:
-        return sum(w.n for w in self._waiters)
+    def _enqueue(self, n: float, timeout: float | None, *, sync: bool) -> _Waiter | None:
+        """Take at once (``None``), or queue a waiter, or raise if it would wait too long."""
+        now = self._now()
+        self._refill(now)
+        if not self._waiters and self._tokens >= n:
+            self._tokens -= n
+            self._acquired += 1
+            return None
+        eta = self._eta(self._queued, n)
+        if timeout is not None and eta > timeout:
+            raise self._reject(eta)
+        waiter = _Waiter(n, math.inf if timeout is None else now + timeout, sync=sync)
+        self._waiters.append(waiter)
+        self._queued += n
+        return waiter
 
     def _grant_head(self, waiter: _Waiter) -> bool:
         """If ``waiter`` is first in line and its tokens are there, take them and dequeue it."""
-        if self._waiters and self._waiters[0] is waiter and self._tokens >= waiter.n:
-            self._tokens -= waiter.n
-            self._waiters.popleft()
+        waiters = self._waiters
+        if waiters and waiters[0] is waiter and self._tokens >= waiter.n - _TOLERANCE:
+            # The tokens first, then the dequeue: the lock-free path only runs on an empty queue.
+            tokens = self._tokens - waiter.n
+            self._tokens = tokens if tokens > 0.0 else 0.0
+            self._queued = self._queued - waiter.n if len(waiters) > 1 else 0.0
+            waiters.popleft()
             self._acquired += 1
             self._waited += 1
             return True
@@ -244,12 +330,14 @@ class RateLimiter(Observable):
 
     def _leave(self, waiter: _Waiter) -> _Waiter | None:
         """Remove a waiter that gives up; returns the new head to wake, if the head changed."""
-        was_head = bool(self._waiters) and self._waiters[0] is waiter
+        waiters = self._waiters
+        was_head = bool(waiters) and waiters[0] is waiter
         try:
-            self._waiters.remove(waiter)
+            waiters.remove(waiter)
         except ValueError:
             return None
-        return self._waiters[0] if was_head and self._waiters else None
+        self._queued = self._queued - waiter.n if waiters else 0.0
+        return waiters[0] if was_head and waiters else None
 
     def _next_wait(self, waiter: _Waiter, now: float) -> float:
         """How long ``waiter`` should wait before re-deciding (its deadline bounds it)."""
@@ -257,13 +345,14 @@ class RateLimiter(Observable):
             wait = self._eta(0.0, waiter.n)
         else:
             wait = math.inf  # woken when it becomes the head
-        return min(wait, waiter.deadline - now)
+        wait = min(wait, waiter.deadline - now)
+        return wait if wait > MIN_WAIT else MIN_WAIT
 
-    def _reject(self, now: float, retry_after: float) -> RateLimitExceeded:
+    def _reject(self, retry_after: float | None) -> RateLimitExceeded:
         self._rejected += 1
         return RateLimitExceeded(self.name, retry_after=retry_after)
 
-    def _rejected_event(self, now: float, retry_after: float) -> None:
+    def _rejected_event(self, now: float, retry_after: float | None) -> None:
         if self._listeners:
             emit(
                 self._listeners,
@@ -276,128 +365,22 @@ class RateLimiter(Observable):
                 ),
             )
 
-    # -- try without waiting -------------------------------------------------------------------
-
-    def _take_now(self, n: float) -> float:
-        """Take ``n`` tokens if nobody waits and they are there: 0.0, else the wait (> 0)."""
-        if GIL_ENABLED:
-            now = self._now()
-            # From here to the return there is no call: the GIL makes it one step.
-            if not self._waiters and 0 < n <= self._burst:
-                tokens = self._tokens
-                elapsed = now - self._last
-                if elapsed > 0.0:
-                    tokens += elapsed * self._rate
-                    tokens = min(tokens, self._burst)
-                    self._last = now
-                if tokens >= n:
-                    self._tokens = tokens - n
-                    self._acquired += 1
-                    return 0.0
-                self._tokens = tokens
-                return (n - tokens) / self._rate
-        n = self._check_amount(n)
-        with self._lock:
-            now = self._now()
-            self._refill(now)
-            if not self._waiters and self._tokens >= n:
-                self._tokens -= n
-                self._acquired += 1
-                return 0.0
-            wait = self._eta(self._queued_tokens(), n)
-            return wait if wait > 0.0 else math.ulp(1.0)
-
-    def try_acquire(self, n: float = 1) -> bool:
-        """Take ``n`` tokens if they are there and nobody is waiting; never waits."""
-        wait = self._take_now(n)
-        if wait == 0.0:
-            return True
-        self._check_amount(n)
-        self._rejected += 1
-        if self._listeners:
-            self._rejected_event(self._now(), wait)
-        return False
-
-    # -- waiting: the sync driver --------------------------------------------------------------
-
-    def _enqueue(self, n: float, timeout: float | None, *, sync: bool) -> _Waiter | None:
-        """Under the lock: take at once (None), or queue a waiter, or raise if hopeless."""
-        now = self._now()
-        self._refill(now)
-        if not self._waiters and self._tokens >= n:
-            self._tokens -= n
-            self._acquired += 1
-            return None
-        eta = self._eta(self._queued_tokens(), n)
-        if timeout is not None and eta > timeout:
-            raise self._reject(now, eta)
-        waiter = _Waiter(n, math.inf if timeout is None else now + timeout, sync=sync)
-        self._waiters.append(waiter)
-        return waiter
-
-    def acquire(self, n: float = 1, timeout: float | None = None) -> None:
-        """Take ``n`` tokens, waiting in line up to ``timeout`` seconds (``None``: no limit).
-
-        Raises:
-            RateLimitExceeded: the tokens cannot be had within ``timeout``.
-        """
-        n = self._check_amount(n)
-        waiter = self._join(n, timeout, sync=True)
-        if waiter is None:
-            return
-        event = waiter.event
-        assert event is not None
-        try:
-            while True:
-                wait = self._step(waiter)
-                if wait is None:
-                    return
-                self.clock.wait(event, None if math.isinf(wait) else wait)
-        except BaseException:
-            self._abandon(waiter)
-            raise
-
-    # -- waiting: the async driver (the sync one with await) ----------------------------------
-
-    async def aacquire(self, n: float = 1, timeout: float | None = None) -> None:
-        """Async :meth:`acquire`; a cancelled waiter leaves the line without losing tokens."""
-        if self._take_now(n) == 0.0:
-            return
-        n = self._check_amount(n)
-        waiter = self._join(n, timeout, sync=False)
-        if waiter is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                future: asyncio.Future[None] = loop.create_future()
-                waiter.future = future
-                wait = self._step(waiter)
-                if wait is None:
-                    return
-                await self.clock.await_future(future, None if math.isinf(wait) else wait)
-        except BaseException:
-            self._abandon(waiter)
-            raise
-
     # -- the steps both drivers share ----------------------------------------------------------
 
     def _join(self, n: float, timeout: float | None, *, sync: bool) -> _Waiter | None:
         """Take at once (``None``), or join the line, or raise if the wait would be too long."""
-        if timeout is not None:
-            timeout = check_float("timeout", timeout, minimum=0.0)
         try:
             with self._lock:
                 return self._enqueue(n, timeout, sync=sync)
-        except RateLimitExceeded as refusal:
-            self._rejected_event(self._now(), refusal.retry_after or 0.0)
-            raise
+        except RateLimitExceeded as exc:
+            refusal = exc  # reported outside the handler: a listener's error must not chain to it
+        self._rejected_event(self._now(), refusal.retry_after)
+        raise refusal
 
     def _step(self, waiter: _Waiter) -> float | None:
         """One decision for a queued waiter: granted (``None``), give up (raises), or how long
         to wait before deciding again. The waiter's event or future must be armed (cleared, or
         fresh) before this runs, so a wake-up that follows it is never missed."""
-        refusal: RateLimitExceeded | None = None
         with self._lock:
             now = self._now()
             self._refill(now)
@@ -405,19 +388,22 @@ class RateLimiter(Observable):
                 if self._waiters:
                     self._waiters[0].wake()  # the next in line plans its own wait
                 return None
-            if now >= waiter.deadline:
-                retry_after = self._eta(self._queued_tokens() - waiter.n, waiter.n)
-                head = self._leave(waiter)
-                if head is not None:
-                    head.wake()
-                refusal = self._reject(now, retry_after)
-            elif waiter.event is not None:
-                waiter.event.clear()
-            wait = self._next_wait(waiter, now)
-        if refusal is not None:
-            self._rejected_event(now, refusal.retry_after or 0.0)
-            raise refusal
-        return max(wait, 0.0)
+            retry_after: float | None
+            if waiter.n > self._burst:
+                retry_after = None  # the burst was lowered below it: never servable
+            elif now >= waiter.deadline:
+                # A fresh request would queue behind everyone else still waiting.
+                retry_after = self._eta(self._queued - waiter.n, waiter.n)
+            else:
+                if waiter.event is not None:
+                    waiter.event.clear()
+                return self._next_wait(waiter, now)
+            head = self._leave(waiter)
+            if head is not None:
+                head.wake()
+            refusal = self._reject(retry_after)
+        self._rejected_event(now, retry_after)
+        raise refusal
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter leaves (cancelled, interrupted, or refused): the next in line re-plans."""
@@ -426,43 +412,110 @@ class RateLimiter(Observable):
             if head is not None:
                 head.wake()
 
+    # -- waiting: the sync driver --------------------------------------------------------------
+
+    def acquire(self, n: float = 1.0, timeout: float | None = None) -> None:
+        """Take ``n`` tokens, waiting in line up to ``timeout`` seconds (``None``: no limit).
+
+        Raises:
+            RateLimitExceeded: the tokens cannot be had within ``timeout``.
+            ValueError: ``n`` is not a number in ``(0, burst]``, or ``timeout`` is negative.
+        """
+        if timeout is not None:
+            timeout = check_float("timeout", timeout, minimum=0.0)
+        if self._take_now(n):
+            return
+        n = self._check_amount(n)
+        waiter = self._join(n, timeout, sync=True)
+        if waiter is None:
+            return
+        event = waiter.event
+        assert event is not None
+        wait = self.clock.wait
+        try:
+            while True:
+                delay = self._step(waiter)
+                if delay is None:
+                    return
+                wait(event, None if math.isinf(delay) else delay)
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    # -- waiting: the async driver (the sync one with await) ----------------------------------
+
+    async def aacquire(self, n: float = 1.0, timeout: float | None = None) -> None:
+        """Async :meth:`acquire`; a cancelled waiter leaves the line without losing tokens."""
+        if timeout is not None:
+            timeout = check_float("timeout", timeout, minimum=0.0)
+        if self._take_now(n):
+            return
+        n = self._check_amount(n)
+        waiter = self._join(n, timeout, sync=False)
+        if waiter is None:
+            return
+        loop = asyncio.get_running_loop()
+        await_future = self.clock.await_future
+        try:
+            while True:
+                future: asyncio.Future[None] = loop.create_future()
+                waiter.future = future
+                delay = self._step(waiter)
+                if delay is None:
+                    return
+                await await_future(future, None if math.isinf(delay) else delay)
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
     # -- runtime retuning ----------------------------------------------------------------------
 
     def set_rate(self, rate: float, burst: float | None = None) -> None:
         """Change the rate (and optionally the burst) now.
 
         Tokens earned at the old rate up to this instant are credited first; the bucket is then
-        capped at the new burst. The head waiter is woken to re-plan with the new rate.
+        capped at the new burst. The head waiter is woken to re-plan with the new rate, and any
+        waiter asking for more than a lowered burst is refused.
         """
         rate = check_float("rate", rate, positive=True)
-        new_burst = self._burst if burst is None else check_float("burst", burst, positive=True)
+        if burst is not None:
+            burst = check_float("burst", burst, positive=True)
         with self._lock:
             now = self._now()
             self._refill(now)
             old_rate, old_burst = self._rate, self._burst
+            new_burst = old_burst if burst is None else burst
             self._rate = rate
             self._burst = new_burst
-            self._tokens = min(self._tokens, new_burst)
+            tokens = self._tokens
+            if tokens > new_burst:  # no call between the read and the write (lock-free path)
+                self._tokens = new_burst
             if self._waiters:
                 self._waiters[0].wake()
-        if self._listeners and (old_rate != rate or old_burst != new_burst):
-            emit(
-                self._listeners,
-                SettingChanged(
-                    policy=self.name,
-                    time=now,
-                    setting="rate",
-                    old=old_rate,
-                    new=rate,
-                    reason="set_rate",
-                ),
-            )
+                if new_burst < old_burst:
+                    for waiter in self._waiters:
+                        if waiter.n > new_burst:
+                            waiter.wake()
+        if self._listeners:
+            for setting, old, new in (("rate", old_rate, rate), ("burst", old_burst, new_burst)):
+                if old != new:
+                    emit(
+                        self._listeners,
+                        SettingChanged(
+                            policy=self.name,
+                            time=now,
+                            setting=setting,
+                            old=old,
+                            new=new,
+                            reason="set_rate",
+                        ),
+                    )
 
     # -- as a policy: context managers, call/acall, decorator ---------------------------------
 
     def __enter__(self) -> RateLimiter:
-        if self._take_now(1) != 0.0:
-            self.acquire(1, self.max_wait)
+        if not self._take_now(1.0):
+            self.acquire(1.0, self.max_wait)
         return self
 
     def __exit__(
@@ -474,8 +527,8 @@ class RateLimiter(Observable):
         return None
 
     async def __aenter__(self) -> RateLimiter:
-        if self._take_now(1) != 0.0:
-            await self.aacquire(1, self.max_wait)
+        if not self._take_now(1.0):
+            await self.aacquire(1.0, self.max_wait)
         return self
 
     async def __aexit__(
@@ -488,14 +541,14 @@ class RateLimiter(Observable):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Take a token (waiting up to ``max_wait``), then call ``fn``."""
-        if self._take_now(1) != 0.0:
-            self.acquire(1, self.max_wait)
+        if not self._take_now(1.0):
+            self.acquire(1.0, self.max_wait)
         return fn(*args, **kwargs)
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Take a token (waiting up to ``max_wait``), then await ``fn``."""
-        if self._take_now(1) != 0.0:
-            await self.aacquire(1, self.max_wait)
+        if not self._take_now(1.0):
+            await self.aacquire(1.0, self.max_wait)
         return await fn(*args, **kwargs)
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -184,10 +184,14 @@ class Registry:
         healthy = True
         for policy in policies:
             stats = policy.stats()
-            entry: dict[str, Any] = {"kind": _kind_of(policy)}
+            fields: Mapping[str, Any] = {}
             if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-                entry.update(dataclasses.asdict(stats))
-            entry.pop("name", None)
+                fields = dataclasses.asdict(stats)
+            elif isinstance(stats, Mapping):
+                fields = stats
+            # The name is the entry's key; "kind" is the policy's family, never a stats field.
+            entry: dict[str, Any] = {"kind": _kind_of(policy)}
+            entry.update((k, v) for k, v in fields.items() if k not in ("name", "kind"))
             if entry.get("state") == "open":
                 healthy = False
             entries[policy.name] = entry
@@ -274,7 +278,8 @@ _KINDS: dict[str, str] = {
 
 
 def _kind_of(policy: object) -> str:
-    """``kind`` names the policy's family: its own ``kind`` attribute, or from its class."""
+    """``kind`` names the policy's family: its own ``kind_name`` attribute, or from its class
+    (a policy's ``kind`` attribute means something else: a timeout's is "attempt" or "total")."""
     kind = getattr(policy, "kind_name", None)
     if isinstance(kind, str):
         return kind

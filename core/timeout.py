@@ -2,10 +2,13 @@
 
 ``Timeout(seconds)`` bounds one await: placed inside a retry it bounds each attempt
 (``kind="attempt"``), placed outside it bounds the whole call (``kind="total"``). When it fires
-it raises :class:`ResilienceTimeoutError`, a ``TimeoutError`` that says which limit fired and
-after how long; a ``TimeoutError`` raised by the callee itself passes through unchanged. A sync
-call cannot be interrupted from outside the thread: give the retry a ``deadline`` instead
-(decorating a sync function with a :class:`Timeout` is a ``TypeError`` when decorating).
+the callee is cancelled (it sees ``CancelledError`` at its current ``await``) and the call raises
+:class:`~.errors.ResilienceTimeoutError`, a ``TimeoutError`` that says which limit fired and
+after how long; a ``TimeoutError`` raised by the callee itself passes through unchanged.
+
+A sync call cannot be interrupted from outside its thread: give the retry a ``deadline``
+instead. Decorating a sync function with a :class:`Timeout`, or calling :meth:`Timeout.call`, is
+a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from ._callables import is_async_callable
 from ._validate import check_float
@@ -23,14 +26,20 @@ from .events import CallRejected, Listener, Observable, emit
 
 __all__ = ["Timeout", "TimeoutStats"]
 
+_KINDS = ("attempt", "total")
+
 
 @dataclass(frozen=True, slots=True)
 class TimeoutStats:
-    """How often a timeout fired."""
+    """A timeout's setting and how often it fired.
+
+    ``timeout_kind`` is the timeout's ``kind`` (``"attempt"`` or ``"total"``); it is not called
+    ``kind`` so that it never collides with the policy kind of a registry status entry.
+    """
 
     name: str
     seconds: float
-    kind: str
+    timeout_kind: str
     fired: int
 
 
@@ -42,15 +51,18 @@ class Timeout(Observable):
     """Bound an async call to ``seconds``.
 
     Args:
-        seconds: the limit (> 0).
-        kind: ``"attempt"`` (inside a retry: each attempt) or ``"total"`` (the whole call); only
-            reported in the error and events.
-        name: shown in errors and events.
-        listeners: callables receiving a :class:`~.events.CallRejected` with reason
-            ``"timeout"`` when the limit fires.
+        seconds: the limit (> 0, finite).
+        kind: ``"attempt"`` (inside a retry: each attempt) or ``"total"`` (the whole call); it
+            only names the limit in the error, the stats and the events.
+        name: shown in errors, stats and events.
+        listeners: callables receiving a :class:`~.events.CallRejected` (``kind="timeout"``,
+            ``reason="attempt_timeout"`` or ``"total_timeout"``) each time the limit fires.
     """
 
     __slots__ = ("fired", "kind", "name", "seconds")
+
+    async_only = True
+    """A pipeline holding a timeout refuses sync calls."""
 
     def __init__(
         self,
@@ -61,7 +73,7 @@ class Timeout(Observable):
         listeners: tuple[Listener, ...] | list[Listener] = (),
     ) -> None:
         self.seconds = check_float("seconds", seconds, positive=True)
-        if kind not in ("attempt", "total"):
+        if kind not in _KINDS:
             raise ValueError(f"kind must be 'attempt' or 'total', got {kind!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -73,19 +85,21 @@ class Timeout(Observable):
             self.add_listener(listener)
 
     def stats(self) -> TimeoutStats:
-        return TimeoutStats(name=self.name, seconds=self.seconds, kind=self.kind, fired=self.fired)
+        return TimeoutStats(
+            name=self.name, seconds=self.seconds, timeout_kind=self.kind, fired=self.fired
+        )
 
     def __repr__(self) -> str:
         return f"Timeout({self.seconds!r}, kind={self.kind!r}, name={self.name!r})"
 
-    def _expired(self, loop: asyncio.AbstractEventLoop) -> ResilienceTimeoutError:
+    def _expired(self) -> ResilienceTimeoutError:
         self.fired += 1
         if self._listeners:
             emit(
                 self._listeners,
                 CallRejected(
                     policy=self.name,
-                    time=loop.time(),
+                    time=asyncio.get_running_loop().time(),
                     kind="timeout",
                     reason=f"{self.kind}_timeout",
                     retry_after=None,
@@ -94,17 +108,20 @@ class Timeout(Observable):
         return ResilienceTimeoutError(self.name, seconds=self.seconds, kind=self.kind)
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)``; past ``seconds`` it is cancelled and this raises."""
+        """Await ``fn(*args, **kwargs)``; past ``seconds`` it is cancelled and this raises
+        :class:`~.errors.ResilienceTimeoutError`."""
         scope = asyncio.timeout(self.seconds)
         try:
             async with scope:
                 return await fn(*args, **kwargs)
         except TimeoutError as exc:
+            # The scope turns its own cancellation into a bare TimeoutError; anything else
+            # (the callee's own TimeoutError, or ours from an inner Timeout) is not this limit.
             if scope.expired():
-                raise self._expired(asyncio.get_running_loop()) from exc
+                raise self._expired() from exc
             raise
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: a sync call cannot be interrupted (use the retry's ``deadline``)."""
         raise TypeError(
             f"timeout {self.name!r} applies to async calls only; bound a sync call with the "
@@ -112,17 +129,17 @@ class Timeout(Observable):
         )
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        """Decorate an async function."""
-        if not is_async_callable(fn):
+        """Decorate an async function (a sync one is a ``TypeError``)."""
+        if not callable(fn) or not is_async_callable(fn):
             raise TypeError(
                 f"timeout {self.name!r} decorates async functions only, got {fn!r}; bound a sync "
                 "call with the retry's deadline"
             )
-        policy = self
+        acall = self.acall
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await policy.acall(fn, *args, **kwargs)
+            return await acall(fn, *args, **kwargs)
 
-        wrapper.timeout = policy  # type: ignore[attr-defined]
+        wrapper.timeout = self  # type: ignore[attr-defined]
         return wrapper

@@ -206,8 +206,10 @@ class Dependency:
         tokens = self._bucket_tokens + (now - self._bucket_time) * rate
         self._bucket_tokens = min(tokens, phase.throttle_burst)
         self._bucket_time = now
-        if self._bucket_tokens >= 1.0:
-            self._bucket_tokens -= 1.0
+        # A whole token, up to float rounding: calls spaced exactly 1 / rate apart must all
+        # pass, though (now - then) * rate sums to 0.9999999999999998 now and then.
+        if self._bucket_tokens >= 1.0 - 1e-9:
+            self._bucket_tokens = max(0.0, self._bucket_tokens - 1.0)
             return False
         return True
 

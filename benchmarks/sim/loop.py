@@ -70,14 +70,31 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 def run(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
-    """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop` and close it."""
+    """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop` and close it.
+
+    As :func:`asyncio.run` does, tasks still pending at the end (``main``'s own task too, after
+    a :class:`SimulationDeadlock`) are cancelled and run to their end before the loop closes,
+    so their ``finally`` blocks run and no task is destroyed while pending.
+    """
     loop = VirtualTimeLoop(start)
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(main)
     finally:
         try:
+            _cancel_all_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def _cancel_all_tasks(loop: VirtualTimeLoop) -> None:
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    # A task that swallows its cancellation and waits on nothing again is a deadlock of its
+    # own: the loop raises SimulationDeadlock rather than hang.
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

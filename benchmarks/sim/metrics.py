@@ -1,9 +1,10 @@
 """What a simulation run measures, and the oracle it is judged against.
 
 Time is cut into bins (1 s by default). Per bin: requests offered (by arrival), requests that
-succeeded, failed or were rejected locally (by completion), attempts that reached the dependency
-and how it answered them, local rejections. Per request: latency of successes, priority,
-outcome. Per policy: breaker transitions and changed settings (limits, rates), from events.
+succeeded, failed or were rejected locally (by completion; successes also by arrival), attempts
+that reached the dependency and how it answered them, local rejections. Per request: latency of
+successes, priority, outcome. Per policy: breaker transitions and changed settings (limits,
+rates), from events.
 
 **The oracle** is what a perfect client could have got: per bin, the smaller of the work
 available to it and the dependency's capacity. Work available is every request that arrived
@@ -16,6 +17,10 @@ oracle stays the nominal capacity wherever the run did not beat it. (Per bin, ``
 capacity)`` of the issue's wording is the special case with no backlog: after a fault, a perfect
 client also serves the requests still within their deadline that the fault held up, which is
 why the oracle rises above the offered load right after an outage.)
+
+**Success ratios** before, during and after the fault are per request, by arrival: the share
+of the requests that arrived in the window that succeeded (so never above 1, whenever they
+completed). Goodput, the oracle and recovery count successes by completion.
 
 **Recovery** is judged against :meth:`Recorder.fresh_oracle`, ``min(offered, capacity)`` of the
 bin's own arrivals: a recovered system serves its new arrivals, whatever the backlog.
@@ -50,8 +55,10 @@ class Recorder:
     bin_width: float = 1.0
     fault_start: float | None = None
     fault_end: float | None = None
+    settle: float = 5.0  # after the fault, breaker openings within this are not false trips
     offered: list[int] = field(init=False)
     succeeded: list[int] = field(init=False)
+    succeeded_by_arrival: list[int] = field(init=False)
     failed: list[int] = field(init=False)
     rejected: list[int] = field(init=False)
     attempts: list[int] = field(init=False)
@@ -74,13 +81,16 @@ class Recorder:
         n = math.ceil(self.duration / self.bin_width) + 1
         self.offered = [0] * n
         self.succeeded = [0] * n
+        self.succeeded_by_arrival = [0] * n
         self.failed = [0] * n
         self.rejected = [0] * n
         self.attempts = [0] * n
         self.local_rejections = [0] * n
         self.answers = defaultdict(lambda: [0] * n)
         self.latencies = {"before": [], "during": [], "after": []}
-        self.by_priority = defaultdict(lambda: {"offered": 0, "succeeded": 0, "rejected": 0})
+        self.by_priority = defaultdict(
+            lambda: {"offered": 0, "succeeded": 0, "failed": 0, "rejected": 0}
+        )
         self.transitions = []
         self.settings = []
         self.fault_requests = []
@@ -115,6 +125,7 @@ class Recorder:
             self.fault_requests.append((start, attempts))
         if outcome == "success":
             self.succeeded[b] += 1
+            self.succeeded_by_arrival[self._bin(start)] += 1
             self.by_priority[priority]["succeeded"] += 1
             self.latencies[self.phase_of(start)].append(end - start)
             self.latency_bins[b].append(end - start)
@@ -129,6 +140,7 @@ class Recorder:
             self.by_priority[priority]["rejected"] += 1
         else:
             self.failed[b] += 1
+            self.by_priority[priority]["failed"] += 1
 
     def attempt(self, t: float, answer: str) -> None:
         b = self._bin(t)
@@ -200,9 +212,11 @@ class Recorder:
         fs, fe = self.fault_start, self.fault_end
 
         def ratio_in(lo: float, hi: float) -> float | None:
+            # Per request, by arrival: of the requests arriving in [lo, hi), the share that
+            # succeeded (whenever they completed).
             b0, b1 = self._bin(lo), self._bin(hi)
             offered = sum(self.offered[b0:b1])
-            done = sum(self.succeeded[b0:b1])
+            done = sum(self.succeeded_by_arrival[b0:b1])
             return done / offered if offered else None
 
         def goodput_vs_oracle(lo: float, hi: float) -> float | None:
@@ -283,12 +297,13 @@ class Recorder:
 
     def _false_trips(self) -> int:
         """Breaker openings while the dependency was healthy (outside the fault window, allowing
-        the client deadline's worth of settling after it)."""
+        ``settle`` seconds (the client deadline) of settling after it)."""
+        fs, fe = self.fault_start, self.fault_end
         count = 0
         for t, _policy, _old, new in self.transitions:
             if new != "open":
                 continue
-            if self.fault_start is None or not (self.fault_start <= t < self.fault_end + 5.0):  # type: ignore[operator]
+            if fs is None or fe is None or not fs <= t < fe + self.settle:
                 count += 1
         return count
 

@@ -113,6 +113,10 @@ class SeedBreaker(CircuitBreaker):
             self.release(permit)
 
 
+def _always(_exc: BaseException) -> bool:
+    return True
+
+
 def _build_none(ctx: RunContext) -> Stack:
     return Stack(layers=[None] * len(ctx.layers))
 
@@ -127,6 +131,9 @@ def _build_seed(ctx: RunContext) -> Stack:
                 strategy=RetryStrategy.EXPONENTIAL,
                 jitter=True,
                 retryable_exceptions=(Exception, CircuitBreakerOpenError),
+                # The seed retried every exception, 4xx-like permanent errors included (the
+                # core's default classification would not).
+                retry_condition=_always,
                 clock=ctx.clock,
                 random=ctx.rng.random,
             ),

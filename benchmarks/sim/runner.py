@@ -103,6 +103,7 @@ async def _simulate(scenario: Scenario, policy: str, seed: int) -> RunResult:
         duration=scenario.duration,
         fault_start=None if fault is None else fault[0],
         fault_end=None if fault is None else fault[1],
+        settle=scenario.load.deadline,
     )
     dependency = Dependency(scenario.dependency, seed=_stream(seed, scenario.name, "dependency"))
 
@@ -186,26 +187,33 @@ async def _simulate(scenario: Scenario, policy: str, seed: int) -> RunResult:
     weights = [w for _, w in scenario.load.mix]
     tasks: set[asyncio.Task[None]] = set()
     sampler_task = asyncio.ensure_future(sampler())
-    # Poisson arrivals with a piecewise-constant rate, by thinning at the maximum rate.
+    # Poisson arrivals with a piecewise-constant rate, by thinning at the maximum rate. Each
+    # arrival is a timer that starts its request and schedules the next arrival (cheaper than
+    # a coroutine sleeping from one arrival to the next).
     top = scenario.load.max_rate()
-    t = 0.0
-    while True:
-        t += rng.expovariate(top)
-        if t >= scenario.duration:
-            break
-        accept = rng.random() * top < scenario.load.rate_at(t)
-        priority = rng.choices(names, weights)[0] if len(names) > 1 else names[0]
-        if not accept:
-            continue
-        delay = t - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(request(priority))
+    rate_at = scenario.load.rate_at
+    duration = scenario.duration
+    single = names[0] if len(names) == 1 else None
+
+    def next_arrival(t: float) -> None:
+        while True:
+            t += rng.expovariate(top)
+            if t >= duration:
+                return
+            accept = rng.random() * top < rate_at(t)
+            priority = single if single is not None else rng.choices(names, weights)[0]
+            if accept:
+                loop.call_at(t, arrive, t, priority)
+                return
+
+    def arrive(t: float, priority: str) -> None:
+        task = loop.create_task(request(priority))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    remaining = scenario.duration - loop.time()
-    if remaining > 0:
-        await asyncio.sleep(remaining)
+        next_arrival(t)
+
+    next_arrival(0.0)
+    await asyncio.sleep(duration - loop.time())
     # Requests still in flight get their deadline; then the run ends.
     if tasks:
         await asyncio.wait(tasks, timeout=deadline + 1.0)
@@ -237,7 +245,8 @@ def _innermost_calls(
 ) -> float | None:
     """Calls entering the innermost breaker (the database layer's attempts, whether the breaker
     let them through or not) per request offered during the fault: the nested retries'
-    multiplication, which the breakers do not stop."""
+    multiplication as far as it reaches the database layer (once an outer layer's breaker is
+    open, it stops the calls before they get there)."""
     if fault is None or not requests or not samples:
         return None
     keys = [k for k in samples[0][1] if k.endswith(".calls")]

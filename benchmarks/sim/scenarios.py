@@ -54,7 +54,8 @@ class Scenario:
 
     def scaled(self, time_factor: float, load_factor: float) -> Scenario:
         """The same scenario with every time multiplied by ``time_factor`` and the load (and
-        the provider's rate limit) by ``load_factor``."""
+        the server's workers and queue, and the provider's rate limit) by ``load_factor``: each
+        worker sees the same load, and a full queue the same waiting time."""
 
         def phase(p: Phase) -> Phase:
             return replace(
@@ -68,6 +69,7 @@ class Scenario:
         dep = replace(
             dep,
             workers=max(1, round(dep.workers * load_factor)),
+            queue_limit=max(1, round(dep.queue_limit * load_factor)),
             baseline=replace(
                 dep.baseline,
                 throttle_rate=None
