@@ -7,12 +7,14 @@ simulator and writes the table, ``results.json``, plots and ``report.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from .report import LEGEND, format_table, write_report
+from .sim.grid import format_grid, grid_configs, run_grid
 from .sim.policies import POLICIES
 from .sim.runner import run_suite
 from .sim.scenarios import SCENARIOS
@@ -76,6 +78,27 @@ def _bench(args: argparse.Namespace) -> int:
         f"\n{len(results)} runs in {wall:.1f} s; wrote {args.out / 'results.json'}, "
         f"{args.out / 'report.md'} and {plots} plots"
     )
+    if args.grid:
+        return _grid(args, scenarios, policies)
+    return 0
+
+
+def _grid(args: argparse.Namespace, scenarios: list[str], policies: list[str]) -> int:
+    start = time.perf_counter()
+    configs = len(grid_configs())
+    print(f"\ngrid search: {configs} static configurations x {len(scenarios)} scenarios")
+    doc = run_grid(
+        scenarios,
+        policies,
+        seed=args.seed,
+        quick=args.quick,
+        workers=args.jobs,
+        progress=None if args.no_progress else _progress,
+    )
+    doc["wall_seconds"] = time.perf_counter() - start
+    print(format_grid(doc, policies))
+    (args.out / "grid.json").write_text(json.dumps(doc, indent=1, default=str))
+    print(f"\ngrid in {doc['wall_seconds']:.1f} s; wrote {args.out / 'grid.json'}")
     return 0
 
 
@@ -97,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="shorter, lighter scenarios (< 10 s)")
     bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPUs)")
     bench.add_argument("--no-plots", action="store_true")
+    bench.add_argument(
+        "--grid",
+        action="store_true",
+        help="also search a grid of static configurations and compare every policy's score "
+        "with the best one per scenario (minutes)",
+    )
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=_bench)
     return parser

@@ -24,9 +24,10 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...core import (
+    Bulkhead,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerOpenError,
@@ -48,7 +49,9 @@ __all__ = [
     "RunContext",
     "SeedBreaker",
     "Stack",
+    "StaticParams",
     "register_policy",
+    "resolve_policy",
 ]
 
 
@@ -163,37 +166,117 @@ def _build_seed_retries(ctx: RunContext) -> Stack:
     return stack
 
 
+@dataclass(frozen=True)
+class StaticParams:
+    """A static configuration of the database layer: what ``static`` uses and what
+    ``sage-resilience bench --grid`` searches over.
+
+    ``breaker_rate`` ``None``: no breaker; ``timeout_factor`` ``None``: no per-attempt timeout
+    (else that multiple of the healthy p99); ``bulkhead`` ``None``: no concurrency cap.
+    """
+
+    attempts: int = 3
+    base_delay: float = 0.1
+    breaker_rate: float | None = 0.5
+    open_seconds: float = 5.0
+    timeout_factor: float | None = 2.5
+    bulkhead: int | None = None
+
+    _KEYS: ClassVar[dict[str, str]] = {
+        "a": "attempts",
+        "d": "base_delay",
+        "b": "breaker_rate",
+        "o": "open_seconds",
+        "t": "timeout_factor",
+        "c": "bulkhead",
+    }
+
+    def name(self) -> str:
+        parts = []
+        for key, attr in self._KEYS.items():
+            value = getattr(self, attr)
+            parts.append(f"{key}={'off' if value is None else value}")
+        return f"static[{','.join(parts)}]"
+
+    @classmethod
+    def parse(cls, name: str) -> StaticParams:
+        if not (name.startswith("static[") and name.endswith("]")):
+            raise ValueError(f"not a static configuration name: {name!r}")
+        values: dict[str, Any] = {}
+        for item in name[len("static[") : -1].split(","):
+            key, _, raw = item.partition("=")
+            attr = cls._KEYS.get(key)
+            if attr is None:
+                raise ValueError(f"unknown key {key!r} in {name!r}")
+            if raw == "off":
+                values[attr] = None
+            elif attr in ("attempts", "bulkhead"):
+                values[attr] = int(raw)
+            else:
+                values[attr] = float(raw)
+        return cls(**values)
+
+    def build(self, ctx: RunContext) -> Stack:
+        policies: list[Any] = []
+        retry = Retry(
+            RetryConfig(
+                max_attempts=self.attempts,
+                initial_delay=self.base_delay,
+                max_delay=max(2.0, self.base_delay),
+                strategy=RetryStrategy.EXPONENTIAL,
+                jitter=Jitter.FULL,
+                clock=ctx.clock,
+                random=ctx.rng.random,
+            ),
+            name="database.retry",
+        )
+        policies.append(retry)
+        if self.breaker_rate is not None:
+            policies.append(
+                CircuitBreaker(
+                    "database.breaker",
+                    CircuitBreakerConfig(
+                        failure_threshold=None,
+                        failure_rate_threshold=self.breaker_rate,
+                        minimum_calls=20,
+                        monitoring_window=10.0,
+                        recovery_timeout=self.open_seconds,
+                        success_threshold=3,
+                        half_open_max_calls=3,
+                    ),
+                    clock=ctx.clock,
+                )
+            )
+        if self.timeout_factor is not None:
+            policies.append(
+                Timeout(
+                    self.timeout_factor * ctx.healthy_p99, kind="attempt", name="database.timeout"
+                )
+            )
+        if self.bulkhead is not None:
+            policies.append(
+                Bulkhead(self.bulkhead, max_queue=0, name="database.bulkhead", clock=ctx.clock)
+            )
+        ctx.attach(*policies)
+        layers: list[Any] = [None] * (len(ctx.layers) - 1)
+        layers.append(Pipeline.build(*policies, name="database"))
+        return Stack(layers=layers)
+
+
 def _build_static(ctx: RunContext) -> Stack:
-    retry = Retry(
-        RetryConfig(
-            max_attempts=3,
-            initial_delay=0.1,
-            max_delay=2.0,
-            strategy=RetryStrategy.EXPONENTIAL,
-            jitter=Jitter.FULL,
-            clock=ctx.clock,
-            random=ctx.rng.random,
-        ),
-        name="database.retry",
-    )
-    breaker = CircuitBreaker(
-        "database.breaker",
-        CircuitBreakerConfig(
-            failure_threshold=None,
-            failure_rate_threshold=0.5,
-            minimum_calls=20,
-            monitoring_window=10.0,
-            recovery_timeout=5.0,
-            success_threshold=3,
-            half_open_max_calls=3,
-        ),
-        clock=ctx.clock,
-    )
-    timeout = Timeout(2.5 * ctx.healthy_p99, kind="attempt", name="database.timeout")
-    ctx.attach(retry, breaker, timeout)
-    layers: list[Any] = [None] * (len(ctx.layers) - 1)
-    layers.append(Pipeline.build(retry, breaker, timeout, name="database"))
-    return Stack(layers=layers)
+    return StaticParams().build(ctx)
+
+
+def resolve_policy(name: str) -> PolicySpec:
+    """The registered policy ``name``, or a static configuration named by
+    :meth:`StaticParams.name` (the grid search's)."""
+    spec = POLICIES.get(name)
+    if spec is not None:
+        return spec
+    if name.startswith("static["):
+        params = StaticParams.parse(name)
+        return PolicySpec(name, params.build, "a static configuration of the grid")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
 register_policy("none", _build_none, "no protection: one attempt, the client's deadline only")

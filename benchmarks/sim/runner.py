@@ -37,7 +37,7 @@ from ...core import (
 from .dependency import Dependency
 from .loop import run as run_virtual
 from .metrics import Recorder
-from .policies import POLICIES, RunContext, breaker_state_value
+from .policies import RunContext, breaker_state_value, resolve_policy
 from .scenarios import Scenario, get_scenario
 
 __all__ = ["RunResult", "run_one", "run_suite"]
@@ -131,7 +131,7 @@ async def _simulate(scenario: Scenario, policy: str, seed: int) -> RunResult:
         layers=scenario.layers,
         healthy_p99=scenario.dependency.service_p99,
     )
-    stack = POLICIES[policy].build(ctx)
+    stack = resolve_policy(policy).build(ctx)
 
     chain: Callable[[], Awaitable[None]] = dependency.call
     for layer in reversed(stack.layers):
@@ -269,8 +269,7 @@ def run_one(
     scenario: str | Scenario, policy: str, *, seed: int = 1, quick: bool = False
 ) -> RunResult:
     """Simulate ``scenario`` under ``policy``; deterministic for a given seed."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    resolve_policy(policy)  # fails early, naming the known policies
     sc = get_scenario(scenario, quick=quick) if isinstance(scenario, str) else scenario
     return run_virtual(_simulate(sc, policy, seed))
 
@@ -292,8 +291,7 @@ def run_suite(
     """Every scenario under every policy, in parallel processes; results in input order."""
     jobs = [(s, p, seed, quick) for s in scenarios for p in policies]
     for _s, p, _seed, _q in jobs:
-        if p not in POLICIES:
-            raise ValueError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+        resolve_policy(p)
     n = len(jobs)
     workers = workers if workers is not None else min(n, os.cpu_count() or 1)
     results: list[dict[str, Any] | None] = [None] * n
