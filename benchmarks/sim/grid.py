@@ -43,11 +43,11 @@ def grid_configs() -> list[StaticParams]:
 
 def score(summary: dict[str, Any], healthy_p99: float) -> float:
     """The documented score of one run (see the module docstring)."""
-    goodput = summary.get("goodput_ratio") or 0.0
+    goodput = float(summary.get("goodput_ratio") or 0.0)
     p99 = summary.get("latency_p99")
-    if p99 is None or p99 <= 2.0 * healthy_p99:
-        return float(goodput)
-    return float(goodput) * (2.0 * healthy_p99 / p99)
+    if p99 is None or float(p99) <= 2.0 * healthy_p99:
+        return goodput
+    return goodput * (2.0 * healthy_p99 / float(p99))
 
 
 def run_grid(
