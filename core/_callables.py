@@ -1,13 +1,15 @@
-"""What kind of callable a policy is wrapping, and the generic policy decorator."""
+"""What kind of callable a policy is wrapping, the generic policy decorator, and :data:`READY`,
+the already-finished coroutine that the fast paths of ``aacquire`` return."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, Protocol, runtime_checkable
+import itertools
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, NoReturn, ParamSpec, Protocol, runtime_checkable
 
-__all__ = ["Policy", "decorate", "is_async_callable"]
+__all__ = ["READY", "Policy", "decorate", "is_async_callable"]
 
 P = ParamSpec("P")
 
@@ -57,3 +59,41 @@ def decorate(policy: Policy, fn: Callable[P, Any]) -> Callable[P, Any]:
 
     wrapper.policy = policy  # type: ignore[attr-defined]
     return wrapper
+
+
+class _Ready(Coroutine[Any, Any, None]):
+    """A coroutine that has already finished with ``None``, shareable by any number of awaits.
+
+    ``aacquire`` methods that find their permit at once return :data:`READY` instead of running a
+    coroutine frame: ``await READY`` is ``None`` at once, and ``asyncio.run(READY)`` or
+    ``asyncio.create_task(READY)`` accept it (it is a :class:`~collections.abc.Coroutine`). It
+    holds no state, so every await and every thread may share the one instance.
+    """
+
+    __slots__ = ()
+
+    # ``await`` asks for an iterator and runs it; an exhausted one stops at once, with None. It
+    # stays exhausted, so one serves every await; handing it out through a C-level callable
+    # (``repeat(it).__next__`` returns ``it``) spares a Python frame on each await.
+    __await__: Callable[[], Generator[Any, None, None]] = itertools.repeat(  # type: ignore[assignment]
+        iter(())
+    ).__next__
+
+    def send(self, value: object, /) -> NoReturn:
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> NoReturn:
+        # As a finished coroutine does: the exception comes straight back out.
+        if val is None:
+            raise typ
+        raise val.with_traceback(tb) if tb is not None else val
+
+    def close(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "READY"
+
+
+READY: Coroutine[Any, Any, None] = _Ready()
+"""The shared already-finished coroutine (see :class:`_Ready`)."""

@@ -821,6 +821,19 @@ class CircuitBreaker(Observable):
 
     # -- drivers -------------------------------------------------------------------------------
 
+    def _fast_success(self) -> None:
+        """Count the success of a call admitted on the lock-free path (``_fast_gen >= 0``).
+
+        What :meth:`call`, :meth:`acall` and the decorator do inline (a call here would cost them
+        a frame); the fused path of :class:`~.pipeline.Pipeline` calls it, so that it records a
+        success exactly as they do. No call between the clock read and the increment.
+        """
+        window = self._window
+        now = self._now()
+        if now >= window.next_boundary:
+            window.rotate(now)
+        window.successes += 1
+
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` through the breaker."""
         gen = self._fast_gen

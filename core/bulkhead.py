@@ -21,15 +21,16 @@ Free-threaded builds take the lock on both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import decorate
+from ._callables import READY, decorate, is_async_callable
 from ._gil import GIL_ENABLED
 from ._validate import check_float, check_int, check_optional_float
 from ._waiting import MIN_WAIT, Parked, check_name, check_waiting_clock
@@ -318,8 +319,23 @@ class Bulkhead(Observable):
 
     # -- async driver (the sync one with await) ------------------------------------------------
 
-    async def aacquire(self, timeout: float | None = None) -> None:
-        """Async :meth:`acquire`; a cancelled waiter leaves the line."""
+    def aacquire(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+        """Async :meth:`acquire`: ``await bulkhead.aacquire(timeout)``; a cancelled waiter leaves
+        the line.
+
+        Not a coroutine function, to keep the happy path cheap: with a slot free and nobody
+        queued (and no timeout to check) it takes the slot when called, which for ``await
+        bulkhead.aacquire()`` is the same moment, and returns the finished
+        :data:`._callables.READY`; otherwise it returns the coroutine that queues. Either way the
+        result is a coroutine, and every error (a bad timeout, :class:`BulkheadFull`) is raised
+        where it is awaited, as from a coroutine function.
+        """
+        if timeout is None and self._take_now():
+            return READY
+        return self._await_slot(timeout)
+
+    async def _await_slot(self, timeout: float | None) -> None:
+        """:meth:`aacquire` when no slot was taken at once: check, take or queue."""
         timeout = self._timeout(timeout)
         if self._take_now():
             return
@@ -412,5 +428,38 @@ class Bulkhead(Observable):
             self.release()
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``fn`` (sync or async): each call holds a slot."""
-        return decorate(self, fn)
+        """Decorate ``fn`` (sync or async): each call holds a slot. The wrapper exposes the
+        bulkhead as ``.policy``.
+
+        The wrapper runs the steps of :meth:`call` / :meth:`acall` itself (a frame less per
+        call), unless a subclass overrides those, which it then calls.
+        """
+        cls = type(self)
+        if cls.call is not Bulkhead.call or cls.acall is not Bulkhead.acall or not callable(fn):
+            return decorate(self, fn)
+        bulkhead = self
+        if is_async_callable(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                if not bulkhead._take_now():
+                    await bulkhead.aacquire()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    bulkhead.release()
+
+            async_wrapper.policy = bulkhead  # type: ignore[attr-defined]
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if not bulkhead._take_now():
+                bulkhead.acquire()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                bulkhead.release()
+
+        wrapper.policy = bulkhead  # type: ignore[attr-defined]
+        return wrapper

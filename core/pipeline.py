@@ -25,12 +25,50 @@ retry, hedge, circuit breaker, timeout), is the one the tests show to be right:
 
 :meth:`Pipeline.build` sorts policies into that order by kind; the constructor keeps the order
 given.
+
+**The fused path (async).** Each layer of the async chain is a coroutine frame, paid for on
+every call even when no policy has anything to do. So when the policies are core policies in the
+default order (an optional :class:`~.fallback.Fallback` first, then any of rate limiter,
+bulkhead, retry, circuit breaker and timeout, in that order, each at most once: no hedge, no
+policy of another kind, no subclass overriding ``acall``), ``acall`` and the async decorator run
+one coroutine that does the chain's work while every policy is in its happy state, and hands the
+call to the chain at the first layer whose policy is not:
+
+* the limiter's token is taken with its non-waiting step; without a token at once (none there,
+  or callers queued) the call goes on as ``limiter.acall`` and the chain inside it;
+* the bulkhead's slot likewise (none free: ``bulkhead.acall`` and inward, the token kept); once
+  the slot is held, a ``finally`` releases it exactly once, whatever happens (cancellation too);
+* a retry off its plain path (a deadline, a result check, listeners) runs the rest as
+  ``retry.acall``; on it, the first attempt runs inline:
+* a breaker off its lock-free path (open, half-open, timing calls, listeners) runs that attempt
+  as ``breaker.acall``; on it, the attempt awaits ``fn`` under ``asyncio.timeout`` with the
+  :class:`~.errors.ResilienceTimeoutError` translation of :meth:`.Timeout.acall`, and its outcome
+  is recorded as the breaker's lock-free path records it (``on_exception`` with the permit for
+  an exception);
+* a first attempt that raises is handed, with its exception, to the retry's driver, which makes
+  the further attempts through the inner chain (breaker, timeout) while the outer token and
+  slot stay held;
+* a fallback stays outermost: ``fallback.acall`` runs around the fused coroutine.
+
+So every step, count and event comes in the chain's order, and the tests compare the two through
+Hypothesis. The fused path uses of each policy these private hooks and nothing else, and each
+policy's own ``acall`` is written with the same steps: the limiter's ``_take_now()`` (one token
+or ``False``; never waits, raises or emits), the bulkhead's ``_take_now()`` and ``release()``, the
+retry's ``_plain`` flag, ``_first_attempt_ok()`` and ``_arun(fn, args, kwargs, first_exc)``,
+the breaker's ``_fast_gen`` (a permit ``>= 0`` while its lock-free path is on), ``on_exception``
+and ``_fast_success()``, the timeout's ``seconds`` and ``_expired()``. A subclass that overrides
+``acall`` or a hook that repeats ``acall``'s inline steps (``_first_attempt_ok``,
+``_fast_success``) is not fused. ``acall`` makes the fused coroutine function per call (a
+closure over ``fn``); the decorator makes it once. The sync chain has no fused path: it meets
+its budget as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from ._callables import Policy, decorate, is_async_callable
@@ -60,6 +98,129 @@ DEFAULT_ORDER: tuple[type, ...] = (
 """Outer to inner: the order :meth:`Pipeline.build` sorts policies into."""
 
 
+_FUSED_KINDS: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (RateLimiter, ("acall",)),
+    (Bulkhead, ("acall",)),
+    (Retry, ("acall", "_first_attempt_ok")),
+    (CircuitBreaker, ("acall", "_fast_success")),
+    (Timeout, ("acall",)),
+)
+"""The kinds the fused path stands in for, in their order, with the methods a subclass must not
+override for it to be used: ``acall``, and the hooks that repeat what ``acall`` does inline (the
+other hooks are what ``acall`` itself calls, so an override applies to both alike)."""
+
+_Fused = Callable[..., Coroutine[Any, Any, Any]]
+_Fuser = Callable[[Callable[..., Awaitable[Any]]], _Fused]
+
+
+def _fused_kind(policy: Policy) -> int:
+    """The index of ``policy``'s kind in :data:`_FUSED_KINDS`, or -1 if it cannot be fused."""
+    for i, (kind, methods) in enumerate(_FUSED_KINDS):
+        if isinstance(policy, kind):
+            cls = type(policy)
+            if all(getattr(cls, m) is getattr(kind, m) for m in methods):
+                return i
+            return -1
+    return -1
+
+
+def _fuser(policies: tuple[Policy, ...]) -> _Fuser | None:
+    """``fuse(fn)``, making the fused coroutine function for ``fn`` (see the module docstring);
+    ``None`` when the policies do not have a shape it handles."""
+    head = policies[0]
+    fallback = head if isinstance(head, Fallback) and type(head).acall is Fallback.acall else None
+    inner = policies[1:] if fallback is not None else policies
+    kinds = [_fused_kind(p) for p in inner]
+    # Known kinds only, in the default order, each at most once.
+    if not inner or kinds[0] < 0 or any(a >= b for a, b in itertools.pairwise(kinds)):
+        return None
+
+    def chain_from(policy: Policy | None) -> Callable[..., Awaitable[Any]] | None:
+        """The chain from ``policy`` inward, ``fn`` not bound: where the fused path hands over."""
+        if policy is None:
+            return None
+        i = inner.index(policy)
+        return functools.partial(policy.acall, *(p.acall for p in inner[i + 1 :]))
+
+    limiter = next((p for p in inner if isinstance(p, RateLimiter)), None)
+    bulkhead = next((p for p in inner if isinstance(p, Bulkhead)), None)
+    retry = next((p for p in inner if isinstance(p, Retry)), None)
+    breaker = next((p for p in inner if isinstance(p, CircuitBreaker)), None)
+    timeout = next((p for p in inner if isinstance(p, Timeout)), None)
+    take_token = None if limiter is None else limiter._take_now
+    take_slot = None if bulkhead is None else bulkhead._take_now
+    release = None if bulkhead is None else bulkhead.release
+    from_limiter = chain_from(limiter)
+    from_bulkhead = chain_from(bulkhead)
+    from_retry = chain_from(retry)
+    from_breaker = chain_from(breaker)
+    # What the retry runs for each further attempt: the chain inside it (None: ``fn`` itself).
+    inside_retry = from_breaker or chain_from(timeout)
+
+    def fuse(fn: Callable[..., Awaitable[Any]]) -> _Fused:
+        async def fused(*args: Any, **kwargs: Any) -> Any:
+            if take_token is not None and not take_token():
+                assert from_limiter is not None
+                return await from_limiter(fn, *args, **kwargs)
+            if take_slot is not None and not take_slot():
+                assert from_bulkhead is not None
+                return await from_bulkhead(fn, *args, **kwargs)
+            try:
+                if retry is not None and not retry._plain:
+                    assert from_retry is not None
+                    return await from_retry(fn, *args, **kwargs)
+                gen = -1 if breaker is None else breaker._fast_gen
+                try:
+                    if breaker is not None and gen < 0:
+                        assert from_breaker is not None
+                        result = await from_breaker(fn, *args, **kwargs)
+                    elif timeout is None:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        # As Timeout.acall.
+                        scope = asyncio.timeout(timeout.seconds)
+                        try:
+                            async with scope:
+                                result = await fn(*args, **kwargs)
+                        except TimeoutError as exc:
+                            if scope.expired():
+                                raise timeout._expired() from exc
+                            raise
+                except BaseException as exc:
+                    if gen >= 0 and breaker is not None:
+                        breaker.on_exception(gen, exc)
+                    if retry is None:
+                        raise
+                    first = exc
+                else:
+                    if gen >= 0 and breaker is not None:
+                        breaker._fast_success()
+                    if retry is not None:
+                        retry._first_attempt_ok()
+                    return result
+                # As Retry.acall: the driver runs outside the handler, and drops the exception.
+                try:
+                    if inside_retry is None:
+                        return await retry._arun(fn, args, kwargs, first)
+                    return await retry._arun(inside_retry, (fn, *args), kwargs, first)
+                finally:
+                    del first
+            finally:
+                if release is not None:
+                    release()
+
+        if fallback is None:
+            return fused
+        fallback_acall = fallback.acall
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await fallback_acall(fused, *args, **kwargs)
+
+        return guarded
+
+    return fuse
+
+
 def _is_async_only(policy: Policy) -> bool:
     """Whether ``policy`` can only run async calls (a timeout, a hedge, a fallback whose handler
     is async, or any policy saying so with a true ``async_only`` attribute)."""
@@ -79,7 +240,7 @@ class Pipeline:
         TypeError: an object that is not a policy.
     """
 
-    __slots__ = ("_achain", "_chain", "_policies", "name")
+    __slots__ = ("_achain", "_chain", "_fuse", "_policies", "name")
 
     def __init__(self, *policies: Policy | Pipeline, name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name:
@@ -113,6 +274,7 @@ class Pipeline:
             if any(_is_async_only(p) for p in flat)
             else functools.partial(first.call, *(p.call for p in rest))
         )
+        self._fuse: _Fuser | None = _fuser(self._policies)
 
     @classmethod
     def build(cls, *policies: Policy, name: str = "pipeline") -> Pipeline:
@@ -157,7 +319,10 @@ class Pipeline:
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through every policy, outer to inner."""
-        return await self._achain(fn, *args, **kwargs)  # type: ignore[no-any-return]
+        fuse = self._fuse
+        if fuse is None:
+            return await self._achain(fn, *args, **kwargs)  # type: ignore[no-any-return]
+        return await fuse(fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate ``fn`` (sync or async); the wrapper exposes the pipeline as ``.pipeline``.
@@ -167,6 +332,10 @@ class Pipeline:
         if not callable(fn):
             raise TypeError(f"pipeline decorates a callable, got {fn!r}")
         if is_async_callable(fn):
+            if self._fuse is not None:
+                fused = functools.wraps(fn)(self._fuse(fn))
+                fused.pipeline = self  # type: ignore[attr-defined]
+                return fused
             achain = functools.partial(self._achain, fn)
 
             @functools.wraps(fn)

@@ -31,28 +31,32 @@ by requested amount (a big request starves behind small ones, not FIFO), lets a 
 capacity take it ahead of queued waiters, has no timeout and no runtime rate change, and reads the
 event loop's time (no sync use, no injected clock). Wrapping it would replace every one of those
 methods, so the limiter is our own; aiolimiter stays a reference in the overhead benchmark, which
-measures it beside ours (its ``acquire`` costs about two and a half times our ``aacquire``).
+measures it beside ours (its ``acquire`` costs about three times our ``aacquire``).
 
 **The hot path.** With tokens available and nobody waiting, a permit costs one clock read and a
 few arithmetic operations on attributes, without a lock: on GIL builds that sequence contains no
 call after the clock read, which CPython never interrupts (see :mod:`._gil`); every locked
 read-modify-write of the tokens is written without a call inside it, so the two never interleave
-mid-update. Free-threaded builds run the same code under the lock.
+mid-update. Free-threaded builds run the same code under the lock. :meth:`~RateLimiter.aacquire`
+is not a coroutine function: with the tokens there it takes them when called and returns a
+finished coroutine (:data:`._callables.READY`), so an ``await`` that never waits runs no
+coroutine frame of ours; the pipeline's fused path takes its token with ``_take_now()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import numbers
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import decorate
+from ._callables import READY, decorate, is_async_callable
 from ._gil import GIL_ENABLED
 from ._validate import check_float, check_optional_float
 from ._waiting import MIN_WAIT, Parked, check_name, check_waiting_clock
@@ -64,6 +68,9 @@ __all__ = ["RateLimiter", "RateLimiterStats"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_ONE = 1.0
+"""The default ``n``: the hot paths recognise it by identity and skip the type test."""
 
 _TOLERANCE = 1e-9
 """Tokens: a waiter short of its tokens by less than this (float noise) is granted."""
@@ -207,13 +214,20 @@ class RateLimiter(Observable):
 
     # -- the hot path: take at once, no lock on GIL builds -------------------------------------
 
-    def _take_free(self, n: float) -> bool:
+    def _take_free(self, n: float = _ONE) -> bool:
         """Take ``n`` tokens if nobody waits and they are there; ``False`` otherwise (also for an
-        ``n`` that is not a positive int or float: the slow path judges it)."""
+        ``n`` that is not a positive int or float: the slow path judges it).
+
+        Never waits, never raises, emits nothing: besides this limiter's own drivers, the fused
+        path of :class:`~.pipeline.Pipeline` calls it (as ``_take_now()``, one token).
+        """
         now = self._now()
         # No call from here to the return: under the GIL this runs as one step. The exact type
-        # test keeps out bools and numeric types whose comparisons would run Python code.
-        if not self._waiters and (n.__class__ is float or n.__class__ is int) and n > 0:
+        # test keeps out bools and numeric types whose comparisons would run Python code; the
+        # default (``n is _ONE``, a float of our own) needs none.
+        if not self._waiters and (
+            n is _ONE or ((n.__class__ is float or n.__class__ is int) and n > 0)
+        ):
             tokens = self._tokens
             elapsed = now - self._last
             if elapsed > 0.0:  # a clock read before another thread's refill must not rewind it
@@ -228,13 +242,13 @@ class RateLimiter(Observable):
             self._tokens = tokens
         return False
 
-    def _take_locked(self, n: float) -> bool:
+    def _take_locked(self, n: float = _ONE) -> bool:
         with self._lock:
             return self._take_free(n)
 
     _take_now = _take_free if GIL_ENABLED else _take_locked
 
-    def try_acquire(self, n: float = 1.0) -> bool:
+    def try_acquire(self, n: float = _ONE) -> bool:
         """Take ``n`` tokens if they are there and nobody is waiting; never waits.
 
         Raises:
@@ -243,7 +257,9 @@ class RateLimiter(Observable):
         if GIL_ENABLED:
             # _take_free inlined (a method call costs as much as a third of this path).
             now = self._now()
-            if not self._waiters and (n.__class__ is float or n.__class__ is int) and n > 0:
+            if not self._waiters and (
+                n is _ONE or ((n.__class__ is float or n.__class__ is int) and n > 0)
+            ):
                 tokens = self._tokens
                 elapsed = now - self._last
                 if elapsed > 0.0:
@@ -444,8 +460,57 @@ class RateLimiter(Observable):
 
     # -- waiting: the async driver (the sync one with await) ----------------------------------
 
-    async def aacquire(self, n: float = 1.0, timeout: float | None = None) -> None:
-        """Async :meth:`acquire`; a cancelled waiter leaves the line without losing tokens."""
+    def _aacquire_free(
+        self, n: float = _ONE, timeout: float | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """Async :meth:`acquire`: ``await limiter.aacquire(n, timeout)``; a cancelled waiter
+        leaves the line without losing tokens.
+
+        Not a coroutine function, to keep the happy path cheap: when the tokens are there and
+        nobody waits it takes them at once (when it is called, which for ``await
+        limiter.aacquire()`` is the same moment) and returns the finished
+        :data:`._callables.READY`; otherwise it returns the coroutine that waits. Either way the
+        result is a coroutine (``asyncio.create_task`` and ``asyncio.run`` take it), and every
+        error (a bad argument, :class:`RateLimitExceeded`) is raised where it is awaited, as
+        from a coroutine function.
+        """
+        # Only a timeout that needs no checking (None, or a finite float >= 0) takes the fast
+        # path; anything else is judged, and refused if need be, by the coroutine.
+        if timeout is None or (timeout.__class__ is float and 0.0 <= timeout < math.inf):
+            # _take_free inlined, as in try_acquire; ``n is _ONE`` (the default, a float object
+            # of our own) skips the type test.
+            now = self._now()
+            if not self._waiters and (
+                n is _ONE or ((n.__class__ is float or n.__class__ is int) and n > 0)
+            ):
+                tokens = self._tokens
+                elapsed = now - self._last
+                if elapsed > 0.0:
+                    tokens += elapsed * self._rate
+                    if tokens > self._burst:  # noqa: PLR1730 - see _take_free
+                        tokens = self._burst
+                    self._last = now
+                if tokens >= n:
+                    self._tokens = tokens - n
+                    self._acquired += 1
+                    return READY
+                self._tokens = tokens
+        return self._await_tokens(n, timeout)
+
+    def _aacquire_locked(
+        self, n: float = _ONE, timeout: float | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """:meth:`aacquire` on a free-threaded build: the same, the tokens taken under the lock."""
+        if (
+            timeout is None or (timeout.__class__ is float and 0.0 <= timeout < math.inf)
+        ) and self._take_locked(n):
+            return READY
+        return self._await_tokens(n, timeout)
+
+    aacquire = _aacquire_free if GIL_ENABLED else _aacquire_locked
+
+    async def _await_tokens(self, n: float, timeout: float | None) -> None:
+        """:meth:`aacquire` when the tokens were not taken at once: check, take or wait."""
         if timeout is not None:
             timeout = check_float("timeout", timeout, minimum=0.0)
         if self._take_now(n):
@@ -514,7 +579,7 @@ class RateLimiter(Observable):
     # -- as a policy: context managers, call/acall, decorator ---------------------------------
 
     def __enter__(self) -> RateLimiter:
-        if not self._take_now(1.0):
+        if not self._take_now():
             self.acquire(1.0, self.max_wait)
         return self
 
@@ -527,7 +592,7 @@ class RateLimiter(Observable):
         return None
 
     async def __aenter__(self) -> RateLimiter:
-        if not self._take_now(1.0):
+        if not self._take_now():
             await self.aacquire(1.0, self.max_wait)
         return self
 
@@ -541,16 +606,47 @@ class RateLimiter(Observable):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Take a token (waiting up to ``max_wait``), then call ``fn``."""
-        if not self._take_now(1.0):
+        if not self._take_now():
             self.acquire(1.0, self.max_wait)
         return fn(*args, **kwargs)
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Take a token (waiting up to ``max_wait``), then await ``fn``."""
-        if not self._take_now(1.0):
+        if not self._take_now():
             await self.aacquire(1.0, self.max_wait)
         return await fn(*args, **kwargs)
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``fn`` (sync or async): each call takes a token first."""
-        return decorate(self, fn)
+        """Decorate ``fn`` (sync or async): each call takes a token first. The wrapper exposes
+        the limiter as ``.policy``.
+
+        The wrapper runs the steps of :meth:`call` / :meth:`acall` itself (a frame less per
+        call), unless a subclass overrides those, which it then calls.
+        """
+        cls = type(self)
+        if (
+            cls.call is not RateLimiter.call
+            or cls.acall is not RateLimiter.acall
+            or not callable(fn)
+        ):
+            return decorate(self, fn)
+        limiter = self
+        if is_async_callable(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                if not limiter._take_now():
+                    await limiter.aacquire(1.0, limiter.max_wait)
+                return await fn(*args, **kwargs)
+
+            async_wrapper.policy = limiter  # type: ignore[attr-defined]
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if not limiter._take_now():
+                limiter.acquire(1.0, limiter.max_wait)
+            return fn(*args, **kwargs)
+
+        wrapper.policy = limiter  # type: ignore[attr-defined]
+        return wrapper

@@ -433,6 +433,15 @@ class Retry(Observable):
     def _past_deadline(self, config: RetryConfig, start: float) -> bool:
         return config.deadline is not None and config.clock.now() - start >= config.deadline
 
+    def _first_attempt_ok(self) -> None:
+        """Count a call whose first attempt succeeded on the plain path (``_plain`` was true).
+
+        What the drivers and the decorator do inline (a call here would cost them a frame); the
+        fused path of :class:`~.pipeline.Pipeline` calls it, then hands a failed first attempt
+        to :meth:`_arun`, as :meth:`acall` does.
+        """
+        self._first_ok += 1
+
     # -- sync driver ---------------------------------------------------------------------------
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -52,6 +52,9 @@ class PermanentDependencyError(PermanentError):
 class ServerOverloaded(TransientError):
     """The server's queue is full (a fast 503)."""
 
+    # Read by the adaptive policy: an overload refusal is a "drop" for the concurrency limit.
+    overloaded = True
+
 
 class Throttled(ThrottledError):
     """The provider's rate limit answered 429."""

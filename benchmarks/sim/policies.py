@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ...adaptive import AdaptiveOptions, AdaptivePolicy, BudgetRegistry, Priority, priority
 from ...core import (
     Bulkhead,
     CircuitBreaker,
@@ -279,6 +280,32 @@ def resolve_policy(name: str) -> PolicySpec:
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
+def _build_adaptive(ctx: RunContext, **options: Any) -> Stack:
+    policy = AdaptivePolicy(
+        "database",
+        AdaptiveOptions(**options),
+        clock=ctx.clock,
+        random=ctx.rng.random,
+        budgets=BudgetRegistry("sim"),
+    )
+    policy.register(ctx.registry)
+    policy.add_listener(ctx.listener)
+
+    def enter(level: str) -> AbstractContextManager[Any]:
+        return priority(Priority[level])
+
+    def state() -> dict[str, float]:
+        values: dict[str, float] = {}
+        for key, value in policy.stats().items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values[f"database.{key}"] = float(value)
+        return values
+
+    layers: list[Any] = [None] * (len(ctx.layers) - 1)
+    layers.append(policy)
+    return Stack(layers=layers, priority=enter, state=state)
+
+
 register_policy("none", _build_none, "no protection: one attempt, the client's deadline only")
 register_policy(
     "seed",
@@ -309,3 +336,21 @@ def breaker_state_value(breaker: CircuitBreaker) -> float:
     return {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}[
         breaker.state
     ]
+
+
+register_policy(
+    "adaptive",
+    _build_adaptive,
+    "adaptive_policy at its defaults: Gradient2 concurrency with priority shedding, CUBIC rate "
+    "when throttled, budgeted one-layer retries, adaptive breaker and timeout",
+)
+register_policy(
+    "adaptive-vegas",
+    lambda ctx: _build_adaptive(ctx, concurrency="vegas"),
+    "adaptive with the Vegas concurrency limit",
+)
+register_policy(
+    "adaptive-aimd",
+    lambda ctx: _build_adaptive(ctx, concurrency="aimd"),
+    "adaptive with the AIMD concurrency limit",
+)

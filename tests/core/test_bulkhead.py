@@ -36,6 +36,7 @@ from sage_resilience.core import (
     RetryConfig,
     SettingChanged,
 )
+from sage_resilience.core._callables import READY
 from sage_resilience.core._gil import GIL_ENABLED
 
 JOIN_TIMEOUT = 30.0  # real seconds; reached only if something deadlocks
@@ -630,6 +631,60 @@ async def test_acall_async_with_and_async_decorator_release_the_slot_even_on_err
         async with bulkhead:
             _ = 1 / 0
     assert stats_tuple(bulkhead) == (4, 0, 0, 0, 0)
+
+
+async def test_aacquire_with_a_free_slot_returns_a_finished_coroutine() -> None:
+    """With a slot free and nobody queued, aacquire takes it when called and returns the shared
+    finished coroutine, which tasks and gather take like any coroutine."""
+    bulkhead = Bulkhead(3)
+    ready = bulkhead.aacquire()
+    assert bulkhead.in_use == 1
+    assert ready is READY and asyncio.iscoroutine(ready)
+    assert await ready is None
+    assert await asyncio.create_task(bulkhead.aacquire()) is None
+    assert await asyncio.gather(bulkhead.aacquire(timeout=1.0)) == [None]  # checked: coroutine
+    assert stats_tuple(bulkhead) == (3, 0, 0, 3, 0)
+    for _ in range(3):
+        bulkhead.release()
+
+
+async def test_aacquire_raises_its_errors_when_awaited_not_when_called() -> None:
+    """As from a coroutine function: a bad timeout or a refusal surfaces at the await."""
+    bulkhead = Bulkhead(1)
+    bad = bulkhead.aacquire(-1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        await bad
+    assert bulkhead.try_acquire()
+    refused = bulkhead.aacquire()  # full, no queue: refused, but only when awaited
+    assert bulkhead.stats().rejected == 0
+    with pytest.raises(BulkheadFull):
+        await refused
+    assert bulkhead.stats().rejected == 1
+    bulkhead.release()
+
+
+async def test_decorator_of_a_subclass_with_its_own_acall_uses_it() -> None:
+    """The decorator runs call/acall's steps itself, unless a subclass overrides them."""
+    seen: list[str] = []
+
+    class Noted(Bulkhead):
+        def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            seen.append("call")
+            return super().call(fn, *args, **kwargs)
+
+        async def acall(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            seen.append("acall")
+            return await super().acall(fn, *args, **kwargs)
+
+    bulkhead = Noted(1)
+
+    async def fetch() -> int:
+        return 1
+
+    assert await bulkhead(fetch)() == 1
+    assert bulkhead(lambda: 2)() == 2
+    assert seen == ["acall", "call"]
+    assert stats_tuple(bulkhead) == (2, 0, 0, 0, 0)
 
 
 # -- the decision core as a state machine ----------------------------------------------------

@@ -35,6 +35,7 @@ from sage_resilience.core import (
     SettingChanged,
 )
 from sage_resilience.core import ratelimit as ratelimit_module
+from sage_resilience.core._callables import READY
 from sage_resilience.core._gil import GIL_ENABLED
 
 JOIN_TIMEOUT = 30.0  # real seconds; reached only if something deadlocks
@@ -838,6 +839,97 @@ async def test_async_decorator(clock: FakeClock) -> None:
     with pytest.raises(RateLimitExceeded):
         await fetch(1)
     assert limiter.stats().acquired == 1
+
+
+async def test_aacquire_with_tokens_there_returns_a_finished_coroutine(clock: FakeClock) -> None:
+    """With tokens there and nobody waiting, aacquire takes them when called and returns the
+    shared finished coroutine: awaitable any number of times, and a task or asyncio.run take
+    it like any coroutine."""
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    ready = limiter.aacquire()
+    assert limiter.tokens == 9  # taken at the call, which for ``await`` is the same moment
+    assert ready is READY and asyncio.iscoroutine(ready)
+    assert await ready is None
+    assert await limiter.aacquire(2) is None
+    assert await limiter.aacquire(1.5, timeout=0.5) is None  # a checked-free timeout: fast too
+    assert await asyncio.create_task(limiter.aacquire()) is None
+    assert await asyncio.gather(limiter.aacquire(), limiter.aacquire(1, 2)) == [None, None]
+    assert limiter.stats().acquired == 6
+    assert limiter.tokens == pytest.approx(2.5)
+    # An int timeout, or a Fraction, goes the checked way and still takes at once.
+    assert await limiter.aacquire(Fraction(1, 2), timeout=1) is None
+    assert limiter.tokens == pytest.approx(2.0)
+
+
+def test_finished_coroutine_behaves_as_one() -> None:
+    """READY runs to None under asyncio.run, stops at once when sent to, and throws back what
+    is thrown in (as a finished coroutine does)."""
+    assert asyncio.run(READY) is None
+    with pytest.raises(StopIteration):
+        READY.send(None)
+    with pytest.raises(KeyError, match="k"):
+        READY.throw(KeyError("k"))
+    READY.close()
+    assert repr(READY) == "READY"
+
+
+async def test_aacquire_raises_its_errors_when_awaited_not_when_called(clock: FakeClock) -> None:
+    """As from a coroutine function: a bad argument or a refusal surfaces at the await, and a
+    call that is never awaited takes nothing."""
+    limiter = RateLimiter(rate=1, burst=2, clock=clock)
+    bad_n = limiter.aacquire(-1)
+    bad_timeout = limiter.aacquire(1, -1.0)
+    with pytest.raises(ValueError, match="n must be"):
+        await bad_n
+    with pytest.raises(ValueError, match="timeout"):
+        await bad_timeout
+    assert limiter.tokens == 2
+    assert limiter.try_acquire(2)
+    refused = limiter.aacquire(1, timeout=0.5)  # a second away: refused, but only when awaited
+    assert limiter.stats().rejected == 0
+    with pytest.raises(RateLimitExceeded) as info:
+        await refused
+    assert info.value.retry_after == pytest.approx(1.0)
+    unawaited = limiter.aacquire(1, timeout=0.5)
+    unawaited.close()
+    assert limiter.stats().rejected == 1
+
+
+@pytest.mark.parametrize("variant", ["_aacquire_free", "_aacquire_locked"])
+async def test_both_aacquire_variants_take_at_once_or_wait(clock: FakeClock, variant: str) -> None:
+    """The GIL and free-threaded variants of aacquire behave alike (one of them is aacquire)."""
+    limiter = RateLimiter(rate=1, burst=1, clock=clock)
+    aacquire = getattr(RateLimiter, variant)
+    assert aacquire(limiter) is READY
+    waited = aacquire(limiter, 1, 2.0)
+    assert waited is not READY
+    await waited  # the FakeClock's wait moves time to the next token
+    assert clock.now() == pytest.approx(1001.0)
+    assert limiter.stats().waited == 1
+
+
+async def test_decorator_of_a_subclass_with_its_own_acall_uses_it(clock: FakeClock) -> None:
+    """The decorator runs call/acall's steps itself, unless a subclass overrides them."""
+    seen: list[str] = []
+
+    class Noted(RateLimiter):
+        def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            seen.append("call")
+            return super().call(fn, *args, **kwargs)
+
+        async def acall(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            seen.append("acall")
+            return await super().acall(fn, *args, **kwargs)
+
+    limiter = Noted(rate=1, burst=2, clock=clock)
+
+    async def fetch() -> int:
+        return 1
+
+    assert await limiter(fetch)() == 1
+    assert limiter(lambda: 2)() == 2
+    assert seen == ["acall", "call"]
+    assert limiter.stats().acquired == 2
 
 
 # -- Hypothesis: the bucket's invariants -----------------------------------------------------
