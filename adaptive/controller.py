@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from ..core._validate import check_float
-from ..core.events import Event
+from ..core.events import SettingChanged
 
 __all__ = ["Bounds", "Controller", "Decision", "Ticker"]
 
@@ -48,13 +48,16 @@ class Bounds:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Decision(Event):
-    """A controller changed a setting: which, from what, to what, and on which inputs."""
+class Decision(SettingChanged):
+    """A controller changed a setting: which, from what, to what, and on which inputs.
+
+    A :class:`~sage_resilience.core.SettingChanged`, so every listener that exports settings
+    (the Prometheus and OpenTelemetry ``sage_resilience_setting`` gauge, the logging listener)
+    reports the controllers' values without knowing about them.
+    """
 
     controller: str
-    setting: str
-    old: float
-    new: float
+    reason: str = "controller"
     inputs: dict[str, float] = field(default_factory=dict)
 
 

@@ -15,6 +15,7 @@ __all__ = ["COLUMNS", "format_table", "write_report"]
 # (key in the summary, header, format)
 COLUMNS: list[tuple[str, str, str]] = [
     ("goodput_ratio", "good/orc", "{:.3f}"),
+    ("goodput_ratio_fresh", "good/min", "{:.3f}"),
     ("goodput_ratio_fault", "fault", "{:.3f}"),
     ("success_during", "ok-dur", "{:.3f}"),
     ("success_after", "ok-aft", "{:.3f}"),
@@ -79,13 +80,14 @@ def format_table(results: Sequence[dict[str, Any]], *, markdown: bool = False) -
 
 LEGEND = """\
 Columns: offered requests; ok = successes; good/orc = goodput / oracle (what a perfect client
-could have got); fault = the same during the fault window; ok-dur / ok-aft = share of the
-requests arriving during / after the fault that succeeded; p50 / p99 latency of successes;
-ampl = attempts reaching the dependency per request during the fault; detect = seconds from the
-fault's start to the first local rejection or limit reduction; recover = seconds from the
-fault's end until goodput is back above 90 % of the oracle; 1st ok = seconds from the fault's
-end to the first success; false = breaker openings while the dependency was healthy; 429% =
-share of attempts answered 429."""
+could have got, holding requests a fault delays within their deadline); good/min = goodput /
+sum over bins of min(offered, capacity) (the bins' own arrivals only); fault = good/orc during
+the fault window; ok-dur / ok-aft = share of the requests arriving during / after the fault
+that succeeded; p50 / p99 latency of successes; ampl = attempts reaching the dependency per
+request during the fault; detect = seconds from the fault's start to the first local rejection
+or limit reduction; recover = seconds from the fault's end until goodput is back above 90 % of
+min(offered, capacity); 1st ok = seconds from the fault's end to the first success; false =
+breaker openings while the dependency was healthy; 429% = share of attempts answered 429."""
 
 
 def _pyplot() -> Any:
