@@ -66,6 +66,7 @@ class Recorder:
     local_rejections: list[int] = field(init=False)
     latencies: dict[str, list[float]] = field(init=False)
     by_priority: dict[str, dict[str, int]] = field(init=False)
+    by_priority_fault: dict[str, dict[str, int]] = field(init=False)  # requests arriving in it
     transitions: list[tuple[float, str, str, str]] = field(init=False)
     settings: list[tuple[float, str, str, float]] = field(init=False)
     first_detection: float | None = None
@@ -89,6 +90,9 @@ class Recorder:
         self.answers = defaultdict(lambda: [0] * n)
         self.latencies = {"before": [], "during": [], "after": []}
         self.by_priority = defaultdict(
+            lambda: {"offered": 0, "succeeded": 0, "failed": 0, "rejected": 0}
+        )
+        self.by_priority_fault = defaultdict(
             lambda: {"offered": 0, "succeeded": 0, "failed": 0, "rejected": 0}
         )
         self.transitions = []
@@ -115,6 +119,7 @@ class Recorder:
         self.by_priority[priority]["offered"] += 1
         if self.in_fault(t):
             self.in_fault_offered += 1
+            self.by_priority_fault[priority]["offered"] += 1
 
     def request_finished(
         self, start: float, end: float, priority: str, outcome: str, attempts: int = 0
@@ -122,6 +127,8 @@ class Recorder:
         b = self._bin(end)
         self.max_attempts_per_request = max(self.max_attempts_per_request, attempts)
         if self.in_fault(start):
+            key = "succeeded" if outcome == "success" else outcome
+            self.by_priority_fault[priority][key] += 1
             self.fault_requests.append((start, attempts))
         if outcome == "success":
             self.succeeded[b] += 1
@@ -276,6 +283,13 @@ class Recorder:
                     "success_ratio": c["succeeded"] / c["offered"] if c["offered"] else None,
                 }
                 for p, c in sorted(self.by_priority.items())
+            },
+            "by_priority_fault": {
+                p: {
+                    **c,
+                    "success_ratio": c["succeeded"] / c["offered"] if c["offered"] else None,
+                }
+                for p, c in sorted(self.by_priority_fault.items())
             },
         }
         return out
