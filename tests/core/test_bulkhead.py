@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import os
-import queue
 import random
 import sys
 import threading
@@ -38,102 +37,7 @@ from sage_resilience.core import (
 )
 from sage_resilience.core._callables import READY
 from sage_resilience.core._gil import GIL_ENABLED
-
-JOIN_TIMEOUT = 30.0  # real seconds; reached only if something deadlocks
-
-
-class Interrupted(BaseException):
-    """Stands for KeyboardInterrupt: a BaseException arriving while a thread waits."""
-
-
-class ManualClock:
-    """A fake clock for threads: time moves only by :meth:`advance`; a thread waiting on it
-    blocks until woken or until ``advance`` passes its timeout, and the test can see how many
-    threads are parked (and interrupt one)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._cond = threading.Condition()
-        self._parked: dict[int, tuple[threading.Event, float]] = {}
-        self._interrupts: set[int] = set()
-
-    def now(self) -> float:
-        return self._now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    async def await_future(self, future: asyncio.Future[Any], timeout: float | None) -> bool:
-        raise AssertionError("ManualClock serves threads only")
-
-    def advance(self, seconds: float) -> None:
-        with self._cond:
-            self._now += seconds
-            for event, deadline in self._parked.values():
-                if deadline <= self._now:
-                    event.set()
-
-    def wait(self, event: threading.Event, timeout: float | None) -> bool:
-        me = threading.get_ident()
-        with self._cond:
-            if event.is_set():
-                return True
-            deadline = math.inf if timeout is None else self._now + timeout
-            if deadline <= self._now:
-                return False
-            self._parked[me] = (event, deadline)
-            self._cond.notify_all()
-        try:
-            if not event.wait(JOIN_TIMEOUT):
-                raise AssertionError("a parked waiter was never woken")
-        finally:
-            with self._cond:
-                del self._parked[me]
-                interrupted = me in self._interrupts
-                self._interrupts.discard(me)
-                self._cond.notify_all()
-        if interrupted:
-            raise Interrupted
-        return True
-
-    def wait_parked(self, count: int) -> None:
-        """Block until exactly ``count`` threads are parked."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._parked) == count, JOIN_TIMEOUT):
-                raise AssertionError(f"{len(self._parked)} threads parked, expected {count}")
-
-    def interrupt(self, thread: threading.Thread) -> None:
-        """Raise :class:`Interrupted` in ``thread``, parked in :meth:`wait`."""
-        assert thread.ident is not None
-        with self._cond:
-            self._interrupts.add(thread.ident)
-            self._parked[thread.ident][0].set()
-
-
-class Worker:
-    """Runs ``fn`` in a thread; :meth:`result` returns what it returned (or re-raises)."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._out: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-        def body() -> None:
-            try:
-                self._out.put((True, fn()))
-            except BaseException as exc:
-                self._out.put((False, exc))
-
-        self.thread = threading.Thread(target=body, daemon=True)
-        self.thread.start()
-
-    def result(self) -> Any:
-        ok, value = self._out.get(timeout=JOIN_TIMEOUT)
-        self.thread.join(JOIN_TIMEOUT)
-        if not ok:
-            raise value
-        return value
+from support.threads import JOIN_TIMEOUT, Interrupted, ManualClock, Worker
 
 
 class Room:

@@ -1,0 +1,1 @@
+"""Shared test helpers (``tests`` is on the path: see pyproject's pytest ``pythonpath``)."""
