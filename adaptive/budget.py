@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any
 
 from ..core._gil import GIL_ENABLED
+from ..core._nesting import RETRYING
 from ..core._validate import check_float, check_int
 
 __all__ = [
@@ -432,9 +433,8 @@ def budget_for(
 
 # -- retry at one layer ------------------------------------------------------------------------
 
-_RETRYING: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sage_resilience_retrying", default=False
-)
+# Shared with core's Retry, which marks its repeated attempts too.
+_RETRYING = RETRYING
 
 
 def nested_retry() -> bool:

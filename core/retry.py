@@ -32,6 +32,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from ._callables import is_async_callable
 from ._gil import GIL_ENABLED
+from ._nesting import RETRYING
 from ._validate import (
     check_callable,
     check_exceptions,
@@ -176,6 +177,9 @@ def _bind_default_clock(config: RetryConfig) -> RetryConfig:
     clock = resolve_clock(config.clock)
     return config if clock is config.clock else replace(config, clock=clock)
 
+
+_mark_retrying = RETRYING.set
+_unmark_retrying = RETRYING.reset
 
 # Stop codes of the decision core (negative, so any delay >= 0 means "go again").
 _NOT_RETRYABLE: Final = -1.0
@@ -512,10 +516,15 @@ class Retry(Observable):
                         exc = None
             attempt += 1
             exc = None
+            # A repeated attempt runs marked as "inside a retrying call": retry policies nested
+            # in it (the adaptive one) make a single attempt instead of multiplying.
+            token = _mark_retrying(True)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as e:
                 exc = e
+            finally:
+                _unmark_retrying(token)
 
     # -- async driver: the sync one with ``await`` ---------------------------------------------
 
@@ -582,10 +591,15 @@ class Retry(Observable):
                         exc = None
             attempt += 1
             exc = None
+            # A repeated attempt runs marked as "inside a retrying call": retry policies nested
+            # in it (the adaptive one) make a single attempt instead of multiplying.
+            token = _mark_retrying(True)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as e:
                 exc = e
+            finally:
+                _unmark_retrying(token)
 
     # -- decorator -----------------------------------------------------------------------------
 

@@ -341,13 +341,18 @@ def breaker_state_value(breaker: CircuitBreaker) -> float:
 register_policy(
     "adaptive",
     _build_adaptive,
-    "adaptive_policy at its defaults: Gradient2 concurrency with priority shedding, CUBIC rate "
-    "when throttled, budgeted one-layer retries, adaptive breaker and timeout",
+    "adaptive_policy at its defaults: Gradient2 concurrency with priority shedding, an AIMD "
+    "rate once throttled, budgeted one-layer retries, adaptive breaker and timeout",
 )
 register_policy(
     "adaptive-vegas",
     lambda ctx: _build_adaptive(ctx, concurrency="vegas"),
     "adaptive with the Vegas concurrency limit",
+)
+register_policy(
+    "adaptive-cubic",
+    lambda ctx: _build_adaptive(ctx, rate="cubic"),
+    "adaptive with the CUBIC rate controller (botocore's adaptive mode) for throttled APIs",
 )
 register_policy(
     "adaptive-aimd",

@@ -1378,3 +1378,41 @@ def test_many_threads_through_one_policy_count_exactly(clock: FakeClock, locked:
     policy = make(clock, initial_delay=0.0, max_attempts=3, deadline=1e9 if locked else None)
     run_threads(policy, threads_n=8, per_thread=2000)
     assert stats_tuple(policy) == expected_counts(8, 2000, 3)
+
+
+def test_repeated_attempts_are_marked_as_inside_a_retrying_call(clock: FakeClock) -> None:
+    """From its second attempt on, a Retry marks the call as retrying (the context variable the
+    adaptive policy reads), and the mark is gone after the call."""
+    from sage_resilience.core._nesting import RETRYING
+
+    seen: list[bool] = []
+
+    def fn() -> int:
+        seen.append(RETRYING.get())
+        if len(seen) < 3:
+            raise OSError
+        return 1
+
+    assert make(clock, max_attempts=3, initial_delay=0.0).call(fn) == 1
+    assert seen == [False, True, True]
+    assert RETRYING.get() is False
+
+
+def test_an_adaptive_policy_inside_a_core_retry_does_not_multiply(clock: FakeClock) -> None:
+    """A core Retry around an adaptive policy: the adaptive policy retries only on the first
+    outer attempt (5 attempts in all for 3 x 3, not 9)."""
+    from sage_resilience.adaptive import AdaptiveOptions, AdaptivePolicy
+
+    inner = AdaptivePolicy(
+        "nested_db", AdaptiveOptions(concurrency=None, breaker=False), clock=clock
+    )
+    calls = 0
+
+    def dependency() -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError
+
+    with pytest.raises(OSError):
+        make(clock, max_attempts=3, initial_delay=0.0).call(inner.call, dependency)
+    assert calls == 5
