@@ -51,6 +51,7 @@ __all__ = [
     "SeedBreaker",
     "Stack",
     "StaticParams",
+    "build_adaptive",
     "register_policy",
     "resolve_policy",
 ]
@@ -280,7 +281,10 @@ def resolve_policy(name: str) -> PolicySpec:
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
-def _build_adaptive(ctx: RunContext, **options: Any) -> Stack:
+def build_adaptive(ctx: RunContext, **options: Any) -> Stack:
+    """The ``adaptive`` policy at the database layer, with ``options`` (fields of
+    :class:`~sage_resilience.adaptive.AdaptiveOptions`) over its defaults: for variants, sweeps
+    and the notebooks."""
     policy = AdaptivePolicy(
         "database",
         AdaptiveOptions(**options),
@@ -340,22 +344,22 @@ def breaker_state_value(breaker: CircuitBreaker) -> float:
 
 register_policy(
     "adaptive",
-    _build_adaptive,
+    build_adaptive,
     "adaptive_policy at its defaults: Gradient2 concurrency with priority shedding, an AIMD "
     "rate once throttled, budgeted one-layer retries, adaptive breaker and timeout",
 )
 register_policy(
     "adaptive-vegas",
-    lambda ctx: _build_adaptive(ctx, concurrency="vegas"),
+    lambda ctx: build_adaptive(ctx, concurrency="vegas"),
     "adaptive with the Vegas concurrency limit",
 )
 register_policy(
     "adaptive-cubic",
-    lambda ctx: _build_adaptive(ctx, rate="cubic"),
+    lambda ctx: build_adaptive(ctx, rate="cubic"),
     "adaptive with the CUBIC rate controller (botocore's adaptive mode) for throttled APIs",
 )
 register_policy(
     "adaptive-aimd",
-    lambda ctx: _build_adaptive(ctx, concurrency="aimd"),
+    lambda ctx: build_adaptive(ctx, concurrency="aimd"),
     "adaptive with the AIMD concurrency limit",
 )
