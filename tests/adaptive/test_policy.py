@@ -58,6 +58,10 @@ from sage_resilience.core import (
 
 CRITICAL, HIGH, NORMAL, LOW, SHEDDABLE = Priority
 
+# These tests run on looptime's loop (``@pytest.mark.looptime``): sleeping on the loop's clock
+# takes no real time.
+VIRTUAL = LoopClock()
+
 
 @pytest.fixture(autouse=True)
 def _fresh_budgets() -> Iterator[None]:
@@ -304,7 +308,7 @@ async def test_overload_sheds_lowest_levels_first_and_critical_last() -> None:
     results: dict[Priority, Counter[str]] = {level: Counter() for level in Priority}
 
     async def dependency() -> int:
-        await asyncio.sleep(0.025)  # capacity: 2 / 0.025 = 80 calls/s
+        await VIRTUAL.asleep(0.025)  # capacity: 2 / 0.025 = 80 calls/s
         return 1
 
     async def request(level: Priority) -> None:
@@ -707,7 +711,7 @@ async def test_the_callees_own_timeout_passes_through() -> None:
     policy = make(clock=LoopClock(), retry=False)
 
     async def fast() -> None:
-        await asyncio.sleep(0.01)
+        await VIRTUAL.asleep(0.01)
 
     for _ in range(60):
         await policy.acall(fast)
@@ -819,7 +823,7 @@ async def test_cancelling_an_inflight_call_releases_its_slot_once_and_counts_not
 
     first = asyncio.create_task(policy.acall(blocked))
     second = asyncio.create_task(policy.acall(blocked))
-    await asyncio.sleep(0.01)
+    await VIRTUAL.asleep(0.01)
     assert limiter.in_flight == 2
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -852,9 +856,9 @@ async def test_cancelling_a_call_waiting_at_the_limit_or_between_attempts() -> N
         return "done"
 
     holder = asyncio.create_task(policy.acall(blocked))
-    await asyncio.sleep(0.01)
+    await VIRTUAL.asleep(0.01)
     waiter = asyncio.create_task(policy.acall(blocked))
-    await asyncio.sleep(0.01)
+    await VIRTUAL.asleep(0.01)
     assert limiter.waiting == 1
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):

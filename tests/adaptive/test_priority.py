@@ -48,6 +48,10 @@ CRITICAL, HIGH, NORMAL, LOW, SHEDDABLE = Priority
 JOIN_TIMEOUT = 30.0  # real seconds; reached only if something deadlocks
 PATIENT = {level: 100.0 for level in Priority}  # max_wait that never runs out in a test
 
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
+
 
 async def settle() -> None:
     """Let every ready task run (no virtual time passes)."""
@@ -282,7 +286,7 @@ async def test_at_the_limit_callers_go_by_priority_then_arrival() -> None:
     async def visit(name: str, level: Priority) -> None:
         got = await limiter.aacquire(level)
         entered.append(name)
-        await asyncio.sleep(1.0)
+        await VIRTUAL.asleep(1.0)
         limiter.release(got)
 
     arrivals = [("low1", LOW), ("normal1", NORMAL), ("crit", CRITICAL), ("low2", LOW)]
@@ -290,7 +294,7 @@ async def test_at_the_limit_callers_go_by_priority_then_arrival() -> None:
     tasks = []
     for name, level in arrivals:
         tasks.append(asyncio.create_task(visit(name, level)))
-        await asyncio.sleep(0.01)
+        await VIRTUAL.asleep(0.01)
     assert limiter.waiting == 6
     limiter.release(holder)
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -378,9 +382,9 @@ async def test_a_refusal_sheds_every_less_important_caller_until_a_slot_is_free(
     t0 = loop.time()
     holder = await limiter.aacquire(HIGH)
     normal = asyncio.create_task(limiter.aacquire(NORMAL))  # max_wait 0.5
-    await asyncio.sleep(0.3)
+    await VIRTUAL.asleep(0.3)
     low = asyncio.create_task(limiter.aacquire(LOW))  # max_wait 0.25: until 0.55
-    await asyncio.sleep(0.21)  # t = 0.51
+    await VIRTUAL.asleep(0.21)  # t = 0.51
     assert normal.done()
     assert low.done()
     with pytest.raises(ShedError, match="waited_too_long"):
@@ -849,7 +853,7 @@ async def test_an_infinite_max_wait_waits_until_a_slot_frees() -> None:
     limiter = PriorityLimiter(1, max_wait={CRITICAL: math.inf}, clock=LoopClock())
     await limiter.aacquire(NORMAL)
     waiter = asyncio.create_task(limiter.aacquire(CRITICAL))
-    await asyncio.sleep(10_000.0)
+    await VIRTUAL.asleep(10_000.0)
     assert not waiter.done()
     t = loop.time()
     limiter.release(NORMAL)
@@ -869,7 +873,7 @@ async def test_call_acall_and_decorator_use_the_context_priority() -> None:
         return limiter.in_flight, current_priority()
 
     async def aseen_inside() -> tuple[int, Priority]:
-        await asyncio.sleep(0.1)
+        await VIRTUAL.asleep(0.1)
         return limiter.in_flight, current_priority()
 
     @limiter

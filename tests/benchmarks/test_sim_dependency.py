@@ -20,11 +20,16 @@ from sage_resilience.benchmarks.sim import (
     TransientDependencyError,
     run,
 )
+from sage_resilience.core import LoopClock
 
 T = TypeVar("T")
 
 # A server whose service time is exactly 1 s (median = p99: a log-normal of sigma 0).
 FIXED = DependencyConfig(workers=1, service_median=1.0, service_p99=1.0, queue_limit=10)
+
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
 
 
 def _sim(config: DependencyConfig, body: Callable[[Dependency], Awaitable[T]], seed: int = 1) -> T:
@@ -124,7 +129,7 @@ def test_work_for_an_abandoned_request_is_still_done() -> None:
         busy_after_abandon = dep.busy
         await dep.call()  # C: arrives at 0.1, must wait for A's and B's work (0-1, 1-2)
         c_done = _now()
-        await asyncio.sleep(5)
+        await VIRTUAL.asleep(5)
         await dep.call()  # D: idle server, served at once
         return busy_after_abandon, c_done, _now()
 
@@ -253,7 +258,7 @@ def test_throttle_rate_answers_429_above_the_limit_without_a_hint() -> None:
         tasks = []
         for _ in range(400):
             tasks.append(asyncio.ensure_future(one()))
-            await asyncio.sleep(0.025)
+            await VIRTUAL.asleep(0.025)
         return Counter(await asyncio.gather(*tasks)), hints
 
     counts, hints = _sim(config, body)

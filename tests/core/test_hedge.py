@@ -16,6 +16,7 @@ from sage_resilience.core import (
     FakeClock,
     Hedge,
     HedgeStats,
+    LoopClock,
     PermanentError,
     ResilienceTimeoutError,
     SettingChanged,
@@ -23,6 +24,10 @@ from sage_resilience.core import (
 )
 
 pytestmark = pytest.mark.looptime
+
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
 
 
 def now() -> float:
@@ -183,7 +188,7 @@ async def test_cancelling_the_call_cancels_every_attempt() -> None:
     """A cancelled caller leaves no attempt running."""
     dep = Attempts((10.0, "a"), (10.0, "b"))
     task = asyncio.create_task(Hedge(1.0).acall(dep))
-    await asyncio.sleep(2.0)
+    await VIRTUAL.asleep(2.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

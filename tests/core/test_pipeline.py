@@ -44,6 +44,10 @@ pytestmark = pytest.mark.looptime
 
 # -- scripted dependencies -------------------------------------------------------------------------
 
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
+
 
 class SyncDep:
     """A sync dependency following a script, one behaviour per invocation ("ok" once it runs
@@ -960,7 +964,7 @@ async def callers_queued(fn: Callable[..., Any], policies: list[Any], dep: Frame
     await asyncio.sleep(0)
     # Tokens come back, but someone is queued: no lock-free token, the call waits its turn
     # (0.28 s: within max_wait).
-    await asyncio.sleep(0.22)
+    await VIRTUAL.asleep(0.22)
     result = await aoutcome(fn(0))
     await waiter
     return [result, now()]
@@ -978,7 +982,7 @@ async def no_slot(fn: Callable[..., Any], policies: list[Any], dep: FrameDep) ->
     bulkhead = policies[2]
     assert bulkhead.try_acquire() and bulkhead.try_acquire()
     call = asyncio.create_task(aoutcome(fn(0)))  # queued: the bulkhead's acall waits
-    await asyncio.sleep(0.2)
+    await VIRTUAL.asleep(0.2)
     bulkhead.release()
     result = await call
     bulkhead.release()
@@ -1009,7 +1013,7 @@ async def breaker_recovering(
     # A failing call's three attempts open the breaker; after recovery_timeout it is
     # half-open, and its trial calls run through its acall; then it closes and fuses again.
     notes = [await calls_in_turn(fn, 2)]
-    await asyncio.sleep(2.5)
+    await VIRTUAL.asleep(2.5)
     notes.append(await calls_in_turn(fn, 4))
     notes.append(policies[4].state.value)
     return notes
@@ -1098,7 +1102,7 @@ def test_failed_first_attempt_goes_to_the_retry_with_the_outer_token_and_slot_he
         async def watch() -> None:
             for _ in range(30):
                 seen.append((bulkhead.in_use, policies[1].stats().acquired))
-                await asyncio.sleep(0.1)
+                await VIRTUAL.asleep(0.1)
 
         watcher = asyncio.create_task(watch())
         result = await aoutcome(fn(7))

@@ -38,6 +38,10 @@ from sage_resilience.core._callables import READY
 from sage_resilience.core._gil import GIL_ENABLED
 from support.threads import JOIN_TIMEOUT, Interrupted, ManualClock, Worker
 
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
+
 
 @pytest.fixture
 def events() -> list[Event]:
@@ -390,7 +394,7 @@ async def test_async_waiters_are_served_in_arrival_order_whatever_their_size() -
         tasks.append(asyncio.create_task(client(name, n)))
         await asyncio.sleep(0)
     assert limiter.waiting == 3
-    await asyncio.sleep(2)
+    await VIRTUAL.asleep(2)
     assert not limiter.try_acquire()  # two tokens, but three callers ahead
     await asyncio.gather(*tasks)
     assert [name for name, _ in served] == ["big", "small1", "small2"]
@@ -423,7 +427,7 @@ async def test_waiter_gives_up_at_its_deadline_with_retry_after() -> None:
     limiter = RateLimiter(rate=1, initial_tokens=0, clock=LoopClock())
     t0 = loop.time()
     waiter = asyncio.create_task(limiter.aacquire(1, timeout=2))
-    await asyncio.sleep(0.5)
+    await VIRTUAL.asleep(0.5)
     limiter.set_rate(0.1)
     with pytest.raises(RateLimitExceeded) as info:
         await waiter
@@ -443,7 +447,7 @@ async def test_cancelled_head_leaves_without_losing_tokens_and_the_next_goes() -
     await asyncio.sleep(0)
     behind = asyncio.create_task(limiter.aacquire(1))
     last = asyncio.create_task(limiter.aacquire(1))
-    await asyncio.sleep(1.5)
+    await VIRTUAL.asleep(1.5)
     head.cancel()
     with pytest.raises(asyncio.CancelledError):
         await head
@@ -593,7 +597,7 @@ async def test_set_rate_serves_a_long_planned_wait_promptly() -> None:
     limiter = RateLimiter(rate=0.1, burst=1, initial_tokens=0, clock=LoopClock())
     t0 = loop.time()
     waiter = asyncio.create_task(limiter.aacquire())
-    await asyncio.sleep(1)
+    await VIRTUAL.asleep(1)
     limiter.set_rate(100)
     await waiter
     # 0.1 token was earned at the old rate; 0.9 more at 100/s take 9 ms.
@@ -623,7 +627,7 @@ async def test_lowering_burst_below_a_waiters_request_refuses_it() -> None:
     big = asyncio.create_task(limiter.aacquire(5))
     await asyncio.sleep(0)
     small = asyncio.create_task(limiter.aacquire(1))
-    await asyncio.sleep(0.5)
+    await VIRTUAL.asleep(0.5)
     limiter.set_rate(1, burst=2)
     with pytest.raises(RateLimitExceeded) as info:
         await big

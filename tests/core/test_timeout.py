@@ -15,6 +15,7 @@ import pytest
 from sage_resilience.core import (
     CallRejected,
     Event,
+    LoopClock,
     ResilienceError,
     ResilienceTimeoutError,
     Retry,
@@ -23,6 +24,10 @@ from sage_resilience.core import (
 )
 
 pytestmark = pytest.mark.looptime
+
+# Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
+# clock takes no real time.
+VIRTUAL = LoopClock()
 
 
 def now() -> float:
@@ -97,7 +102,7 @@ async def test_callee_own_timeout_error_passes_through_unchanged() -> None:
     mine = TimeoutError("the driver's own timeout")
 
     async def driver() -> None:
-        await asyncio.sleep(0.5)
+        await VIRTUAL.asleep(0.5)
         raise mine
 
     t = Timeout(5.0)
@@ -143,7 +148,7 @@ async def test_caller_cancellation_is_not_a_timeout() -> None:
     t = Timeout(10.0)
     callee = Recorder(100.0)
     task = asyncio.create_task(t.acall(callee))
-    await asyncio.sleep(1.0)
+    await VIRTUAL.asleep(1.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -156,7 +161,7 @@ async def test_callee_that_swallows_cancellation_returns_its_value() -> None:
 
     async def stubborn() -> str:
         try:
-            await asyncio.sleep(10.0)
+            await VIRTUAL.asleep(10.0)
         except asyncio.CancelledError:
             return "partial"
         return "full"
@@ -192,7 +197,7 @@ async def test_each_retry_attempt_gets_a_fresh_limit() -> None:
 
     async def slow_then_fast() -> str:
         attempts.append(now())
-        await asyncio.sleep(10.0 if len(attempts) == 1 else 0.5)
+        await VIRTUAL.asleep(10.0 if len(attempts) == 1 else 0.5)
         return "ok"
 
     t = Timeout(1.0)
@@ -232,7 +237,7 @@ async def test_decorator_wraps_async_functions_and_callables() -> None:
 
     async def fetch(key: str, *, scale: int = 1) -> str:
         """Fetch a key."""
-        await asyncio.sleep(0.5)
+        await VIRTUAL.asleep(0.5)
         return key * scale
 
     wrapped = t(fetch)
