@@ -20,6 +20,7 @@ from ..core.clock import Clock
 from ..core.events import Event, Listener
 from ..core.window import TimeWindow, Window
 from .controller import Decision
+from .stats import BUCKET_COUNT, bucket_index, bucket_value
 
 __all__ = [
     "ADAPTIVE_BREAKER_DEFAULTS",
@@ -36,29 +37,11 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 
 _Pending = list[Event | tuple[Callable[..., object], int]]
 
-# The latency baseline's buckets: 10 % wide from 10 µs to ~1000 s (as the histograms of
-# :mod:`.stats`, kept here so that the decayed baseline owns its layout); a bucket reports its
-# geometric middle, within 4.9 % of anything in it.
-_BUCKET_GROWTH = 1.1
-_BUCKET_MIN = 1e-5
-_LOG_GROWTH = math.log(_BUCKET_GROWTH)
-_NBUCKETS = math.ceil(math.log(1000.0 / _BUCKET_MIN) / _LOG_GROWTH) + 2
-_LOG = math.log
-
-
-def _bucket_of(seconds: float) -> int:
-    """The bucket a duration (> 0) falls in."""
-    if seconds <= _BUCKET_MIN:
-        return 0
-    i = int(_LOG(seconds / _BUCKET_MIN) / _LOG_GROWTH) + 1
-    return i if i < _NBUCKETS else _NBUCKETS - 1
-
-
-def _bucket_value(index: int) -> float:
-    """The geometric middle of bucket ``index``."""
-    if index == 0:
-        return _BUCKET_MIN
-    return _BUCKET_MIN * _BUCKET_GROWTH ** (index - 1) * math.sqrt(_BUCKET_GROWTH)
+# The latency baseline uses the buckets of :mod:`.stats` (10 % wide from 10 µs up), kept here as
+# time-decayed weights rather than counts.
+_NBUCKETS = BUCKET_COUNT
+_bucket_of = bucket_index
+_bucket_value = bucket_value
 
 
 def _kl(q: float, p: float) -> float:

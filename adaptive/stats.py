@@ -231,6 +231,20 @@ def _bucket_of(seconds: float) -> int:
     return bisect_right(_BOUNDS, seconds)
 
 
+BUCKET_COUNT = _NBUCKETS
+"""How many buckets every latency histogram has (for statistics kept in another form, such as
+the adaptive breaker's time-decayed baseline)."""
+
+bucket_index = _bucket_of
+"""``bucket_index(seconds)``: the bucket a duration falls in (0 .. BUCKET_COUNT - 1)."""
+
+
+def bucket_value(index: int) -> float:
+    """The value a bucket stands for: within 4.76 % of anything in it (the top bucket, which
+    holds everything beyond the last edge, stands for that edge)."""
+    return _REPS[index] if index < _NBUCKETS - 1 else _BOUNDS[-1]
+
+
 def _rank(q: float, n: int) -> int:
     """The nearest rank of the ``q``-quantile of ``n`` samples: ``ceil(q * n)``, at least 1.
 
