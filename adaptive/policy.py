@@ -700,6 +700,9 @@ class AdaptivePolicy(Observable):
         breaker = self.breaker
         if breaker is None or exc.name != breaker.name or exc.retry_after is None:
             return None
+        if "slow" in breaker.open_reason:
+            # Opened because calls got slow: a held call would only be served slowly.
+            return None
         # Half-open and full (retry_after 0): look again shortly.
         wait = exc.retry_after if exc.retry_after > 0.0 else 0.02
         return wait if wait <= left else None

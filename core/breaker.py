@@ -303,6 +303,7 @@ class CircuitBreaker(Observable):
         "_last_failure_at",
         "_lock",
         "_now",
+        "_open_reason",
         "_open_until",
         "_opens_in_a_row",
         "_rejected",
@@ -350,6 +351,7 @@ class CircuitBreaker(Observable):
         self._open_until = 0.0
         self._forced = False
         self._opens_in_a_row = 0
+        self._open_reason = ""
         self._reset_counts()
         self._refresh_fast()
         for listener in listeners:
@@ -402,6 +404,13 @@ class CircuitBreaker(Observable):
                     self._transition(_HALF_OPEN, now, "recovery_timeout_elapsed", pending)
             self._deliver(pending)
         return self._state
+
+    @property
+    def open_reason(self) -> str:
+        """Why the breaker last opened from closed (``"consecutive_failures"``,
+        ``"failure_rate"``, ``"slow_call_rate"``, ``"forced"``, ...; ``""`` before it ever
+        opened). Failed trials in half-open keep the reason of the trip."""
+        return self._open_reason
 
     @property
     def retry_after(self) -> float | None:
@@ -708,6 +717,7 @@ class CircuitBreaker(Observable):
                 self._opens_in_a_row += 1
             else:
                 self._opens_in_a_row = 1
+                self._open_reason = reason
         elif to is _CLOSED:
             self._opens_in_a_row = 0
             self._forced = False

@@ -1428,3 +1428,26 @@ def test_throttling_never_counts_as_a_failure(clock: FakeClock) -> None:
     assert stats.state == "closed"
     assert stats.failures == 0
     assert stats.ignored == 10
+
+
+def test_open_reason_names_the_trip_and_survives_failed_trials(clock: FakeClock) -> None:
+    """``open_reason`` is empty before any trip, names why the breaker opened from closed, and
+    keeps that reason through failed half-open trials."""
+    breaker = CircuitBreaker("reason", failure_threshold=2, recovery_timeout=1.0, clock=clock)
+    assert breaker.open_reason == ""
+
+    def fail() -> None:
+        raise ConnectionError
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(fail)
+    assert breaker.open_reason == "consecutive_failures"
+    clock.advance(1.0)
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)  # a failed trial re-opens it
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.open_reason == "consecutive_failures"
+    breaker.reset()
+    breaker.force_open()
+    assert breaker.open_reason == "forced"
