@@ -68,6 +68,8 @@ from ..core import (
     is_async_callable,
     resolve_clock,
 )
+from ..core._deadlines import Deadlines
+from ..core._deadlines import release as release_deadline
 from ..core._gil import GIL_ENABLED
 from ..core._validate import check_float, check_int
 from ..core.events import Observable, emit
@@ -416,6 +418,7 @@ class AdaptivePolicy(Observable):
         # 5. breaker and timeout
         self.breaker = _make_breaker(options, name, self.clock)
         self.timeout = _make_timeout(options, name)
+        self._deadlines = Deadlines()  # arms the per-attempt timeout scopes
         # The per-attempt timeout in seconds, or None while the controller holds its maximum
         # (nothing learned yet): cached per tick.
         self._attempt_timeout: float | None = None
@@ -771,7 +774,8 @@ class AdaptivePolicy(Observable):
                     if seconds is None:
                         result = await fn(*args, **kwargs)
                     else:
-                        scope = asyncio.timeout(seconds)
+                        entry = self._deadlines.arm(seconds)
+                        scope: asyncio.Timeout = entry[1]
                         try:
                             async with scope:
                                 result = await fn(*args, **kwargs)
@@ -781,6 +785,8 @@ class AdaptivePolicy(Observable):
                             raise ResilienceTimeoutError(
                                 f"{self.name}.timeout", seconds=seconds, kind="attempt"
                             ) from exc
+                        finally:
+                            release_deadline(entry)
                 except BaseException as exc:
                     self._inflight -= 1
                     self._failure(permit, now, inflight, exc)
@@ -861,7 +867,8 @@ class AdaptivePolicy(Observable):
         seconds = self._attempt_timeout
         try:
             if seconds is not None:
-                scope = asyncio.timeout(seconds)
+                entry = self._deadlines.arm(seconds)
+                scope: asyncio.Timeout = entry[1]
                 try:
                     async with scope:
                         result = await fn(*args, **kwargs)
@@ -871,6 +878,8 @@ class AdaptivePolicy(Observable):
                     raise ResilienceTimeoutError(
                         f"{self.name}.timeout", seconds=seconds, kind="attempt"
                     ) from exc
+                finally:
+                    release_deadline(entry)
             else:
                 result = await fn(*args, **kwargs)
         except BaseException as exc:

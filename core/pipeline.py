@@ -41,7 +41,7 @@ call to the chain at the first layer whose policy is not:
 * a retry off its plain path (a deadline, a result check, listeners) runs the rest as
   ``retry.acall``; on it, the first attempt runs inline:
 * a breaker off its lock-free path (open, half-open, timing calls, listeners) runs that attempt
-  as ``breaker.acall``; on it, the attempt awaits ``fn`` under ``asyncio.timeout`` with the
+  as ``breaker.acall``; on it, the attempt awaits ``fn`` under the timeout's scope with the
   :class:`~.errors.ResilienceTimeoutError` translation of :meth:`.Timeout.acall`, and its outcome
   is recorded as the breaker's lock-free path records it (``on_exception`` with the permit for
   an exception);
@@ -56,11 +56,11 @@ policy's own ``acall`` is written with the same steps: the limiter's ``_take_now
 or ``False``; never waits, raises or emits), the bulkhead's ``_take_now()`` and ``release()``, the
 retry's ``_plain`` flag, ``_first_attempt_ok()`` and ``_arun(fn, args, kwargs, first_exc)``,
 the breaker's ``_fast_gen`` (a permit ``>= 0`` while its lock-free path is on), ``on_exception``
-and ``_fast_success()``, the timeout's ``seconds`` and ``_expired()``. A subclass that overrides
-``acall`` or a hook that repeats ``acall``'s inline steps (``_first_attempt_ok``,
-``_fast_success``) is not fused. ``acall`` makes the fused coroutine function per call (a
-closure over ``fn``); the decorator makes it once. The sync chain has no fused path: it meets
-its budget as it is.
+and ``_fast_success()``, the timeout's ``seconds``, ``_deadlines`` and ``_expired()``. A
+subclass that overrides ``acall`` or a hook that repeats ``acall``'s inline steps
+(``_first_attempt_ok``, ``_fast_success``) is not fused. ``acall`` makes the fused coroutine
+function per call (a closure over ``fn``); the decorator makes it once. The sync chain has no
+fused path: it meets its budget as it is.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from ._callables import Policy, decorate, is_async_callable
+from ._deadlines import release as release_deadline
 from .breaker import CircuitBreaker
 from .bulkhead import Bulkhead
 from .fallback import Fallback
@@ -178,7 +179,8 @@ def _fuser(policies: tuple[Policy, ...]) -> _Fuser | None:
                         result = await fn(*args, **kwargs)
                     else:
                         # As Timeout.acall.
-                        scope = asyncio.timeout(timeout.seconds)
+                        entry = timeout._deadlines.arm(timeout.seconds)
+                        scope: asyncio.Timeout = entry[1]
                         try:
                             async with scope:
                                 result = await fn(*args, **kwargs)
@@ -186,6 +188,8 @@ def _fuser(policies: tuple[Policy, ...]) -> _Fuser | None:
                             if scope.expired():
                                 raise timeout._expired() from exc
                             raise
+                        finally:
+                            release_deadline(entry)
                 except BaseException as exc:
                     if gen >= 0 and breaker is not None:
                         breaker.on_exception(gen, exc)

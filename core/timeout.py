@@ -6,6 +6,10 @@ the callee is cancelled (it sees ``CancelledError`` at its current ``await``) an
 :class:`~.errors.ResilienceTimeoutError`, a ``TimeoutError`` that says which limit fired and
 after how long; a ``TimeoutError`` raised by the callee itself passes through unchanged.
 
+Each call's scope is an ``asyncio.Timeout``; the policy arms the scopes of all its calls on a
+loop from one loop timer (``_deadlines``) rather than one ``TimerHandle`` per call, which is
+most of what ``asyncio.timeout`` costs. Every call still stops exactly at its own deadline.
+
 A sync call cannot be interrupted from outside its thread: give the retry a ``deadline``
 instead. Decorating a sync function with a :class:`Timeout`, or calling :meth:`Timeout.call`, is
 a ``TypeError``.
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from ._callables import is_async_callable
+from ._deadlines import Deadlines, release
 from ._validate import check_float
 from .errors import ResilienceTimeoutError
 from .events import CallRejected, Listener, Observable, emit
@@ -59,7 +64,7 @@ class Timeout(Observable):
             ``reason="attempt_timeout"`` or ``"total_timeout"``) each time the limit fires.
     """
 
-    __slots__ = ("fired", "kind", "name", "seconds")
+    __slots__ = ("_deadlines", "fired", "kind", "name", "seconds")
 
     async_only = True
     """A pipeline holding a timeout refuses sync calls."""
@@ -80,6 +85,7 @@ class Timeout(Observable):
         self.kind = kind
         self.name = name
         self.fired = 0
+        self._deadlines = Deadlines()
         self._listeners: tuple[Listener, ...] = ()
         for listener in listeners:
             self.add_listener(listener)
@@ -110,7 +116,8 @@ class Timeout(Observable):
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)``; past ``seconds`` it is cancelled and this raises
         :class:`~.errors.ResilienceTimeoutError`."""
-        scope = asyncio.timeout(self.seconds)
+        entry = self._deadlines.arm(self.seconds)
+        scope: asyncio.Timeout = entry[1]
         try:
             async with scope:
                 return await fn(*args, **kwargs)
@@ -120,6 +127,8 @@ class Timeout(Observable):
             if scope.expired():
                 raise self._expired() from exc
             raise
+        finally:
+            release(entry)
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: a sync call cannot be interrupted (use the retry's ``deadline``)."""
