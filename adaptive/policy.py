@@ -59,6 +59,7 @@ from ..core import (
     Clock,
     FailureKind,
     Listener,
+    OutcomeUnknownError,
     RateLimiter,
     Registry,
     ResilienceTimeoutError,
@@ -687,6 +688,8 @@ class AdaptivePolicy(Observable):
         kind = classify(exc)
         if kind is not _TRANSIENT and kind is not _THROTTLED:
             return None  # cancellation, permanent errors, our own rejections
+        if isinstance(exc, OutcomeUnknownError):
+            return None  # the attempt may have taken effect
         budget = self.budget
         delays = self.delays
         if budget is None or delays is None:

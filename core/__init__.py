@@ -36,6 +36,7 @@ from .clock import (
 from .errors import (
     BulkheadFull,
     CircuitBreakerOpenError,
+    OutcomeUnknownError,
     PermanentError,
     RateLimitExceeded,
     RejectedError,
@@ -114,6 +115,7 @@ __all__ = [
     "Listener",
     "LoopClock",
     "NamedPolicy",
+    "OutcomeUnknownError",
     "PermanentError",
     "Pipeline",
     "Policy",

@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "BulkheadFull",
     "CircuitBreakerOpenError",
+    "OutcomeUnknownError",
     "PermanentError",
     "RateLimitExceeded",
     "RejectedError",
@@ -162,3 +163,12 @@ class ThrottledError(TransientError):
     def __init__(self, message: str = "throttled", *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class OutcomeUnknownError(TransientError):
+    """The call failed after the dependency may have acted on it (a write whose reply was lost).
+
+    It counts as a failure of the dependency, like any transient error, but no retry policy
+    repeats it: the first attempt may already have taken effect. Raise it ``from`` the original
+    error around a non-idempotent operation that failed after it was sent.
+    """

@@ -42,7 +42,7 @@ from ._validate import (
 from .backoff import Backoff, Jitter, RetryStrategy
 from .classify import FailureKind, classify
 from .clock import SYSTEM_CLOCK, Clock, RandomSource, resolve_clock
-from .errors import RejectedError
+from .errors import OutcomeUnknownError, RejectedError
 from .events import Listener, Observable, RetryAttempted, RetryGaveUp, RetrySucceeded, emit
 
 _log = logging.getLogger("sage_resilience")
@@ -350,7 +350,7 @@ class Retry(Observable):
                     return _NOT_RETRYABLE
                 if not retryable:
                     return _NOT_RETRYABLE
-            elif kind is _PERMANENT:
+            elif kind is _PERMANENT or isinstance(exc, OutcomeUnknownError):
                 return _NOT_RETRYABLE
         if attempt >= config.max_attempts:
             return _EXHAUSTED

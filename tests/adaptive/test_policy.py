@@ -46,6 +46,7 @@ from sage_resilience.core import (
     Event,
     FakeClock,
     LoopClock,
+    OutcomeUnknownError,
     PermanentError,
     RateLimitExceeded,
     Registry,
@@ -53,6 +54,7 @@ from sage_resilience.core import (
     SettingChanged,
     ShedError,
     ThrottledError,
+    TransientError,
     breaker_manager,
 )
 
@@ -448,6 +450,24 @@ def test_non_retryable_errors_are_not_retried(clock: FakeClock, error: Exception
     assert policy.budget is not None
     assert policy.budget.stats().retries == 0
     assert policy.budget.stats().denied == 0
+
+
+def test_outcome_unknown_counts_as_a_failure_but_is_not_retried(clock: FakeClock) -> None:
+    """A write that failed after it was sent makes one attempt, yet the breaker counts it."""
+    policy = make(clock=clock)
+    assert policy.breaker is not None
+    error = OutcomeUnknownError("reply lost")
+    script = Script(error)
+    with pytest.raises(OutcomeUnknownError) as info:
+        policy.call(script)
+    assert info.value is error
+    assert script.calls == 1
+    assert policy.breaker.stats().failures == 1
+    assert policy.budget is not None and policy.budget.stats().retries == 0
+    # The same failure as a plain transient error is retried.
+    retried = Script(TransientError("connection reset"))
+    assert policy.call(retried) == "ok"
+    assert retried.calls == 2
 
 
 async def test_cancellation_raised_by_the_callee_is_not_retried(clock: FakeClock) -> None:

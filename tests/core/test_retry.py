@@ -30,6 +30,7 @@ from sage_resilience.core import (
     FailureKind,
     FakeClock,
     Jitter,
+    OutcomeUnknownError,
     PermanentError,
     Registry,
     RejectedError,
@@ -343,6 +344,14 @@ def test_regression_permanent_errors_are_not_retried_by_default(clock: FakeClock
 
     fn = Flaky([ValidationError("bad email")])
     with pytest.raises(ValidationError):
+        make(clock).call(fn)
+    assert fn.calls == 1
+
+
+def test_outcome_unknown_errors_are_not_retried(clock: FakeClock) -> None:
+    """A failure after the dependency may have acted (a lost reply) is never repeated."""
+    fn = Flaky([OutcomeUnknownError("reply lost"), OutcomeUnknownError("reply lost")])
+    with pytest.raises(OutcomeUnknownError):
         make(clock).call(fn)
     assert fn.calls == 1
 
