@@ -1,0 +1,9 @@
+"""Sage-shaped components behind sage-resilience (extra ``sage``: asyncpg, httpx).
+
+The wrappers protect Sage's database, embedding client and memory manager with the adaptive
+policy; :mod:`.rig` holds the real servers and fault injectors they are tested against.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
