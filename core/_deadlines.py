@@ -15,13 +15,16 @@ dropped at once, so a queue of short calls stays empty. A deadline earlier than 
 (the policy's ``seconds`` was lowered while longer calls are in flight) is given its own timer,
 exactly as ``asyncio.timeout`` would, so no deadline ever fires late.
 
-The queue belongs to one loop (a weak reference to it); a policy used on another loop starts a
-new queue there, and an old queue with entries stays alive through its own loop's timer.
+The timer is moved earlier when a call's deadline comes before it (a queue drained of its calls
+keeps the timer of its first deadline). The queue belongs to one loop (a weak reference to it);
+a policy used on another loop starts a new queue there, and an old queue with entries stays
+alive through its own loop's timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -31,9 +34,10 @@ __all__ = ["Deadlines", "release"]
 
 
 class _Queue:
-    """The pending deadlines of one policy on one loop, oldest first."""
+    """The pending deadlines of one policy on one loop, oldest first, and the loop timer that
+    wakes at the earliest of them (or earlier: a timer left from a drained queue)."""
 
-    __slots__ = ("armed", "loop", "pending")
+    __slots__ = ("handle", "loop", "pending", "timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -41,9 +45,19 @@ class _Queue:
         except TypeError:  # a loop type without weak references: held for the queue's life
             self.loop = lambda: loop
         self.pending: deque[list[Any]] = deque()
-        self.armed = False  # a call_at of fire() is scheduled on the loop
+        self.handle: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf  # when the handle fires (inf: no handle)
+
+    def arm_at(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """Make the timer fire at ``when`` (earlier than it would have)."""
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = loop.call_at(when, self.fire)
+        self.timer_at = when
 
     def fire(self) -> None:
+        self.handle = None
+        self.timer_at = math.inf
         loop = asyncio.get_running_loop()
         now = loop.time()
         pending = self.pending
@@ -51,12 +65,11 @@ class _Queue:
             when, scope, _ = entry = pending[0]
             if scope is not None:
                 if when > now:
-                    loop.call_at(when, self.fire)
+                    self.arm_at(loop, when)
                     return
                 entry[1] = None
                 scope.reschedule(when)  # asyncio's expiry, on the next loop iteration
             pending.popleft()
-        self.armed = False
 
 
 class Deadlines:
@@ -84,9 +97,8 @@ class Deadlines:
             return [when, asyncio.Timeout(when), None]
         entry = [when, asyncio.Timeout(None), queue]
         pending.append(entry)
-        if not queue.armed:
-            queue.armed = True
-            loop.call_at(when, queue.fire)
+        if when < queue.timer_at:  # no timer, or one left for a later deadline
+            queue.arm_at(loop, when)
         return entry
 
 

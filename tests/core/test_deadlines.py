@@ -16,10 +16,13 @@ import looptime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sage_resilience.core import ResilienceTimeoutError, Timeout
+from sage_resilience.core import LoopClock, ResilienceTimeoutError, Timeout
 from sage_resilience.core._deadlines import Deadlines, release
 
 pytestmark = pytest.mark.looptime
+
+# Sleeps here run on looptime's virtual loop: sleeping on the loop's clock takes no real time.
+VIRTUAL = LoopClock()
 
 
 def now() -> float:
@@ -58,7 +61,7 @@ async def test_lowered_seconds_with_longer_calls_in_flight_fires_on_time() -> No
     """A deadline earlier than one already queued (``seconds`` lowered) is not fired late."""
     t = Timeout(10.0)
     long_call = asyncio.ensure_future(timed(t, 20.0, 0.0))
-    await asyncio.sleep(0.1)
+    await VIRTUAL.asleep(0.1)
     t.seconds = 1.0
     how, start, end = await timed(t, 5.0, 0.0)
     assert how == "timeout" and end - start == pytest.approx(1.0)
@@ -66,11 +69,22 @@ async def test_lowered_seconds_with_longer_calls_in_flight_fires_on_time() -> No
     assert how == "timeout" and end - start == pytest.approx(10.0)
 
 
+async def test_shorter_deadline_after_the_queue_drained_fires_on_time() -> None:
+    """A drained queue keeps the timer of its first (later) deadline; a new, earlier deadline
+    moves it (found by the property test below: the call ran 1 s instead of 0.5 s)."""
+    t = Timeout(2.0)
+    await t.acall(asyncio.sleep, 0.0)  # timer armed for t+2, queue drained
+    await VIRTUAL.asleep(1.0)
+    t.seconds = 0.5
+    how, start, end = await timed(t, 1.0, 0.0)
+    assert how == "timeout" and end - start == pytest.approx(0.5)
+
+
 async def test_caller_cancellation_is_not_reported_as_a_timeout() -> None:
     """Cancelling the caller's task under a queued deadline raises CancelledError, not ours."""
     t = Timeout(5.0)
     task = asyncio.ensure_future(t.acall(asyncio.sleep, 10.0))
-    await asyncio.sleep(1.0)
+    await VIRTUAL.asleep(1.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -86,8 +100,8 @@ async def test_released_calls_leave_no_timer_behind() -> None:
         await t.acall(asyncio.sleep, 0.1)
     queue = t._deadlines._queue
     assert queue is not None and not queue.pending
-    await asyncio.sleep(3.0)  # past the first call's deadline: the timer runs and disarms
-    assert not queue.armed
+    await VIRTUAL.asleep(3.0)  # past the first call's deadline: the timer runs and disarms
+    assert queue.handle is None
 
 
 def test_one_policy_on_two_loops_in_turn() -> None:
