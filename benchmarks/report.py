@@ -27,6 +27,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("first_success_after_fault", "1st ok", "{:.2f}"),
     ("false_trips", "false", "{:d}"),
     ("share_429", "429%", "{:.1%}"),
+    ("share_429_settled", "429%>10s", "{:.1%}"),
 ]
 
 
@@ -87,7 +88,8 @@ that succeeded; p50 / p99 latency of successes; ampl = attempts reaching the dep
 request during the fault; detect = seconds from the fault's start to the first local rejection
 or limit reduction; recover = seconds from the fault's end until goodput is back above 90 % of
 min(offered, capacity); 1st ok = seconds from the fault's end to the first success; false =
-breaker openings while the dependency was healthy; 429% = share of attempts answered 429."""
+breaker openings while the dependency was healthy; 429% = share of attempts answered 429
+(429%>10s: from 10 s on, once a rate controller has had time to converge)."""
 
 
 def _pyplot() -> Any:

@@ -47,6 +47,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+SETTLE_429 = 10.0
+"""Seconds a rate controller is given to converge: ``share_429_settled`` counts from then on
+(the goal: within 10 % of the provider's limit in 10 s, then under 2 % of 429s)."""
+
+
 @dataclass
 class Recorder:
     """Collects one run's measurements; :meth:`summary` turns them into figures."""
@@ -99,6 +104,13 @@ class Recorder:
         self.settings = []
         self.fault_requests = []
         self.latency_bins = [[] for _ in range(n)]
+
+    def _share_429_from(self, start: float) -> float:
+        """The share of attempts answered 429 from ``start`` on (after convergence)."""
+        b0 = self._bin(start)
+        attempts = sum(self.attempts[b0:])
+        throttled = sum(self.answers["throttled"][b0:]) if "throttled" in self.answers else 0
+        return throttled / attempts if attempts else 0.0
 
     def _bin(self, t: float) -> int:
         return min(int(t / self.bin_width), len(self.offered) - 1)
@@ -277,6 +289,7 @@ class Recorder:
             "first_success_after_fault": self.first_success_after_fault,
             "false_trips": self._false_trips(),
             "share_429": throttled / attempts_total if attempts_total else 0.0,
+            "share_429_settled": self._share_429_from(SETTLE_429),
             "by_priority": {
                 p: {
                     **c,

@@ -544,11 +544,15 @@ def drive_traced(
     return out
 
 
+@pytest.mark.parametrize("hold", [0.0, None], ids=["fail-fast", "default-hold"])
 def test_breaker_trips_on_an_outage_fails_fast_and_recovers_within_a_second(
-    clock: FakeClock,
+    clock: FakeClock, hold: float | None
 ) -> None:
-    """An outage trips the breaker (fail fast, no time spent); recovery comes within 1 s."""
-    policy = make(clock=clock)
+    """An outage trips the breaker: calls are refused at once (``hold=0``) or within ``hold``
+    (the default: a call waits for the next trial, and goes no further once one failed); the
+    dependency only sees the breaker's trials, a few per second; recovery comes within 1 s."""
+    policy = make(clock=clock) if hold is None else make(clock=clock, hold=hold)
+    limit = policy.options.hold
     dep = Dep(clock)
     t0 = clock.now()
     healthy = drive(policy, dep, clock, t0 + 10.0)
@@ -565,8 +569,15 @@ def test_breaker_trips_on_an_outage_fails_fast_and_recovers_within_a_second(
         (calls, spent) for r, calls, spent in later if isinstance(r, CircuitBreakerOpenError)
     ]
     assert len(rejected) > 0.9 * len(later)
-    assert all(calls == 0 and spent == 0.0 for calls, spent in rejected[-10:])
-    assert dep.calls - calls_before < 0.1 * len(outage)  # trials only, no retry storm
+    assert all(calls <= 1 and spent <= limit + 0.02 for calls, spent in rejected)
+    if limit == 0.0:
+        # Refused without calling the dependency, at no cost in time; the few others are the
+        # breaker's trial calls (one every open duration), refused on their retry.
+        fast = [spent for calls, spent in rejected if calls == 0]
+        assert all(spent == 0.0 for spent in fast)
+        assert len(fast) > 0.8 * len(rejected)
+    # Trials only, no retry storm: at most one per open duration (0.1 s at least).
+    assert dep.calls - calls_before <= 5.0 / 0.1 + 5
 
     dep.error = None
     back = clock.now()
@@ -588,13 +599,13 @@ def trip(policy: AdaptivePolicy) -> None:
 def test_hold_waits_for_the_breakers_next_trial(clock: FakeClock) -> None:
     """With ``hold`` a call waits for the open breaker's next trial; without, it fails at once."""
     holding = make("holding", clock=clock, hold=1.0)
-    failing = make("failing", clock=clock)
+    failing = make("failing", clock=clock, hold=0.0)
     trip(holding)
     trip(failing)
     assert holding.breaker is not None
     retry_after = holding.breaker.retry_after
     assert retry_after is not None
-    assert 0.0 < retry_after <= 0.5
+    assert 0.0 < retry_after <= 0.15
 
     start = clock.now()
     with pytest.raises(CircuitBreakerOpenError):
@@ -604,10 +615,36 @@ def test_hold_waits_for_the_breakers_next_trial(clock: FakeClock) -> None:
     assert holding.call(lambda: 1) == 1
     assert clock.now() - start == pytest.approx(retry_after)
 
-    short = make("short", clock=clock, hold=0.1)
+    short = make("short", clock=clock, hold=0.01)
     trip(short)
     with pytest.raises(CircuitBreakerOpenError):
         short.call(lambda: 1)
+
+
+@pytest.mark.parametrize(
+    ("error", "held"),
+    [(TimeoutError, False), (ConnectionError, True)],
+    ids=["timeouts", "refusals"],
+)
+def test_hold_only_when_the_dependency_fails_fast(
+    clock: FakeClock, error: type[Exception], held: bool
+) -> None:
+    """A breaker opened by timeouts (a slow dependency) fails calls at once even with
+    ``hold``: a held call would only be served slowly. Opened by refusals, it holds."""
+    policy = make(clock=clock, hold=1.0)
+    fail = always(lambda: error("down"))
+    assert policy.breaker is not None
+    while policy.breaker.state is CircuitState.CLOSED:
+        with pytest.raises((error, CircuitBreakerOpenError)):
+            policy.call(fail)
+    start = clock.now()
+    if held:
+        assert policy.call(lambda: 1) == 1
+        assert clock.now() > start
+    else:
+        with pytest.raises(CircuitBreakerOpenError):
+            policy.call(lambda: 1)
+        assert clock.now() == start
 
 
 # -- throttling and the rate bucket ---------------------------------------------------------------
@@ -1025,7 +1062,7 @@ def test_client_throttle_refuses_locally_when_the_dependency_rejects_most_calls(
         ("limit_options", "fast", TypeError, "limit_options"),
         ("rate_options", {"decrease": 2.0}, ValueError, "rate_options"),
         ("timeout_options", {"factor": -1.0}, ValueError, "timeout_options"),
-        ("breaker_options", {"recovery_timeout": 0.1}, ValueError, "breaker_options"),
+        ("breaker_options", {"recovery_timeout": 0.05}, ValueError, "breaker_options"),
         ("breaker_options", {"nonsense": 1}, TypeError, "breaker_options"),
     ],
 )

@@ -76,6 +76,33 @@ def test_aimd_rate_decreases_from_the_lower_of_rate_and_accepted() -> None:
     assert rate.update(sample(1.0, sent=30, throttled=10)) == pytest.approx(36.0)
 
 
+def test_aimd_rate_estimates_the_limit_over_its_estimate_window() -> None:
+    """With ``estimate_window`` 2 s the throttle's estimate is the accepted rate of the last
+    2 s of samples: a noisy low tick does not drag the rate below the provider's limit."""
+    rate = AIMDRate(initial=60.0, decrease=0.99, estimate_window=2.0)
+    for i in range(1, 8):  # 3.5 s at 50/s accepted, no throttle
+        rate.update(sample(0.5 * i, sent=25))
+    # A tick with only 15 of 20 accepted (30/s): alone it would say the limit is 30/s.
+    assert rate.update(sample(4.0, sent=20, throttled=5)) == pytest.approx(
+        0.99 * (25 * 3 + 15) / 2.0
+    )
+    alone = AIMDRate(initial=60.0, decrease=0.99)
+    assert alone.update(sample(4.0, sent=20, throttled=5)) == pytest.approx(0.99 * 30.0)
+
+
+def test_aimd_rate_first_throttle_estimates_from_its_own_window() -> None:
+    """Dormant (unlimited) until the first throttle, the caller's earlier windows rode the
+    provider's burst, which the throttled window may still hold: the first estimate is that
+    window's alone, and the estimate window starts after it."""
+    rate = AIMDRate(decrease=0.99, estimate_window=2.0)
+    for i in range(1, 5):  # 2 s of 100/s all accepted (a provider's burst)
+        assert rate.update(sample(0.5 * i, sent=50)) is None
+    assert rate.update(sample(2.5, sent=50, throttled=25)) == pytest.approx(0.99 * 50.0)
+    # The next throttle averages the windows after the first throttled one: (20 + 20) / 1 s.
+    rate.update(sample(3.0, sent=20))
+    assert rate.update(sample(3.5, sent=25, throttled=5)) == pytest.approx(0.99 * 40.0)
+
+
 def test_aimd_rate_grows_by_increase_per_second_elapsed() -> None:
     """No throttle for 0.5 s at a used rate: 90 + 0.5 * 0.5 = 90.25; then 2 s: + 1."""
     rate = AIMDRate(initial=90.0)
@@ -311,6 +338,7 @@ def test_rates_stay_within_bounds_and_report_exactly_their_changes(
         (lambda: AIMDRate(increase=0.0), "increase", ValueError),
         (lambda: AIMDRate(decrease=1.0), "decrease", ValueError),
         (lambda: AIMDRate(decrease=0.0), "decrease", ValueError),
+        (lambda: AIMDRate(estimate_window=-1.0), "estimate_window", ValueError),
         (lambda: AIMDRate(initial=0.1), "initial", ValueError),
         (lambda: AIMDRate(bounds=Bounds(0.0, 10.0)), "bounds.minimum", ValueError),
         (lambda: AIMDRate(bounds=[1, 2]), "bounds", TypeError),  # type: ignore[arg-type]

@@ -138,6 +138,16 @@ def test_share_of_429s_in_the_throttled_scenario() -> None:
     assert ok["share_429"] == 0.0
 
 
+def test_settled_share_of_429s_counts_from_ten_seconds_on() -> None:
+    """``share_429_settled`` is the same ratio over the bins from 10 s on: with a rate
+    controller the first second's 429s (before it engaged) are not in it."""
+    result = run_one("throttled", "adaptive")
+    s, series = result.summary, result.series
+    settled = sum(series["answers"]["throttled"][10:]) / sum(series["attempts"][10:])
+    assert s["share_429_settled"] == pytest.approx(settled)
+    assert s["share_429_settled"] < s["share_429"]
+
+
 def test_success_ratio_per_priority() -> None:
     """Priority overload under ``none``: every level of the mix is counted, in its proportion,
     and its success ratio is its successes over its requests (no policy favours any level)."""
