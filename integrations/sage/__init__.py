@@ -6,4 +6,30 @@ policy; :mod:`.rig` holds the real servers and fault injectors they are tested a
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .embeddings import (
+    EMBEDDING_OPTIONS,
+    EmbeddingAuthError,
+    EmbeddingClient,
+    EmbeddingConnectionError,
+    EmbeddingDimensionError,
+    EmbeddingError,
+    EmbeddingRequestError,
+    EmbeddingResponseError,
+    EmbeddingServiceError,
+    EmbeddingThrottledError,
+    EmbeddingTimeoutError,
+)
+
+__all__ = [
+    "EMBEDDING_OPTIONS",
+    "EmbeddingAuthError",
+    "EmbeddingClient",
+    "EmbeddingConnectionError",
+    "EmbeddingDimensionError",
+    "EmbeddingError",
+    "EmbeddingRequestError",
+    "EmbeddingResponseError",
+    "EmbeddingServiceError",
+    "EmbeddingThrottledError",
+    "EmbeddingTimeoutError",
+]

@@ -13,9 +13,15 @@ Needs the ``sage`` extra.
 from __future__ import annotations
 
 from .postgres import DEFAULT_ADMIN_DSN, TemporaryDatabase, with_database, with_hostport
+from .stub import FAULT_KINDS, EmbeddingStub, FaultKind, ScheduledFault, StubStats
 
 __all__ = [
     "DEFAULT_ADMIN_DSN",
+    "FAULT_KINDS",
+    "EmbeddingStub",
+    "FaultKind",
+    "ScheduledFault",
+    "StubStats",
     "TemporaryDatabase",
     "with_database",
     "with_hostport",
