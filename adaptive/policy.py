@@ -712,6 +712,11 @@ class AdaptivePolicy(Observable):
         hint = hint_from(exc)
         if hint is not None and hint > delays.settings.max_delay * 2:
             return None  # the dependency asks for a longer pause than a caller should wait
+        breaker = self.breaker
+        if breaker is not None:
+            closed_in = breaker.retry_after
+            if closed_in is None or closed_in > 0.0:
+                return None  # the breaker opened: the retry would be refused, give up now
         if not budget.can_retry(self._now()):  # (a yes counts the retry: asked last)
             return None
         return delays.delay(attempt, previous, hint, self._random())

@@ -561,14 +561,18 @@ def test_breaker_trips_on_an_outage_fails_fast_and_recovers_within_a_second(
     dep.error = lambda: ConnectionError("connection refused")
     outage_start = clock.now()
     calls_before = dep.calls
+    assert policy.breaker is not None
+    opened: list[float] = []
+    policy.breaker.add_listener(
+        lambda e: opened.append(e.time) if getattr(e, "new_state", None) == "open" else None
+    )
     outage = drive_traced(policy, dep, clock, outage_start + 5.0)
-    first_open = next(t for t, r, _, _ in outage if isinstance(r, CircuitBreakerOpenError))
+    first_open = opened[0]
     assert first_open - outage_start < 1.0
     later = [(r, calls, spent) for t, r, calls, spent in outage if t > first_open + 0.1]
-    rejected = [
-        (calls, spent) for r, calls, spent in later if isinstance(r, CircuitBreakerOpenError)
-    ]
-    assert len(rejected) > 0.9 * len(later)
+    # Every call fails: refused by the open breaker, or (held for it) as one of its trials.
+    assert all(isinstance(r, CircuitBreakerOpenError | ConnectionError) for r, _, _ in later)
+    rejected = [(calls, spent) for _, calls, spent in later]
     assert all(calls <= 1 and spent <= limit + 0.02 for calls, spent in rejected)
     if limit == 0.0:
         # Refused without calling the dependency, at no cost in time; the few others are the
@@ -619,6 +623,24 @@ def test_hold_waits_for_the_breakers_next_trial(clock: FakeClock) -> None:
     trip(short)
     with pytest.raises(CircuitBreakerOpenError):
         short.call(lambda: 1)
+
+
+def test_a_failed_trial_gives_up_at_once_instead_of_waiting_to_be_refused(
+    clock: FakeClock,
+) -> None:
+    """A call whose attempt reopened the breaker raises its error at once: sleeping the retry
+    delay only to be refused by the open breaker would cost the caller time for nothing."""
+    policy = make(clock=clock, hold=0.0)
+    trip(policy)
+    assert policy.breaker is not None and policy.breaker.retry_after is not None
+    clock.advance(policy.breaker.retry_after)  # the next call is the breaker's trial
+    sleeps = len(clock.sleeps)
+    fail = always(lambda: ConnectionError("still down"))
+    with pytest.raises(ConnectionError):
+        policy.call(fail)
+    assert fail.calls == 1  # type: ignore[attr-defined]
+    assert len(clock.sleeps) == sleeps
+    assert policy.breaker.state is CircuitState.OPEN
 
 
 @pytest.mark.parametrize(
@@ -851,7 +873,7 @@ def test_a_raising_listener_never_breaks_a_call(
     def broken(event: Event) -> None:
         raise RuntimeError("listener bug")
 
-    policy = make(clock=clock, listeners=(broken,))
+    policy = make(clock=clock, listeners=(broken,), hold=0.0)  # refusals, not held trials
     dep = Dep(clock)
     with caplog.at_level(logging.ERROR, logger="sage_resilience"):
         healthy = drive(policy, dep, clock, clock.now() + 2.0)
