@@ -13,6 +13,7 @@ Needs the ``sage`` extra.
 from __future__ import annotations
 
 from .postgres import DEFAULT_ADMIN_DSN, TemporaryDatabase, with_database, with_hostport
+from .proxy import FaultProxy, ProxyMode, ProxyStats
 from .stub import FAULT_KINDS, EmbeddingStub, FaultKind, ScheduledFault, StubStats
 
 __all__ = [
@@ -20,6 +21,9 @@ __all__ = [
     "FAULT_KINDS",
     "EmbeddingStub",
     "FaultKind",
+    "FaultProxy",
+    "ProxyMode",
+    "ProxyStats",
     "ScheduledFault",
     "StubStats",
     "TemporaryDatabase",
