@@ -2,11 +2,15 @@
 
 ``sage-resilience bench`` runs the fault scenarios under each policy in the virtual-time
 simulator and writes the table, ``results.json``, plots and ``report.md``.
+``sage-resilience demo`` runs a Sage-shaped workload against the real PostgreSQL and the
+embedding stub under a fault schedule, through the adaptive wrappers and through the seed's
+decorators, and prints what it measured (needs the ``sage`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -102,6 +106,46 @@ def _grid(args: argparse.Namespace, scenarios: list[str], policies: list[str]) -
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from . import demo  # noqa: PLC0415 - needs the sage extra; bench does not
+    except ImportError as exc:  # asyncpg or httpx missing
+        print(
+            f"sage-resilience demo needs the 'sage' extra (pip install -e '.[sage]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = demo.demo_config(
+            quick=args.quick,
+            dsn=args.dsn,
+            duration=args.duration,
+            rate=args.rate,
+            save_share=args.save_share,
+            deadline=args.deadline,
+            seed=args.seed,
+            compare_seed=not args.no_seed,
+        )
+    except ValueError as exc:
+        print(f"sage-resilience demo: error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(message: str) -> None:
+        if not args.no_progress:
+            print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+    try:
+        doc = asyncio.run(demo.run_demo(config, progress=progress))
+    except demo.DemoError as exc:
+        print(f"sage-resilience demo: error: {exc}", file=sys.stderr)
+        return 1
+    print(demo.format_report(doc))
+    if args.json is not None:
+        demo.write_json(doc, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage-resilience", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +172,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=_bench)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a Sage-shaped workload on the real PostgreSQL and embedding stub under faults",
+        description="Run saves and searches at a steady rate against a temporary database on "
+        "the PostgreSQL server (through a fault proxy) and an embedding stub, inject a fault "
+        "schedule, and print the success ratio, auto-recovery rate, time to recover, data "
+        "integrity and per-call overhead, for the adaptive wrappers and for the seed's "
+        "decorators.",
+    )
+    demo.add_argument(
+        "--dsn",
+        default=None,
+        help="admin DSN of the PostgreSQL server (default $SAGE_RESILIENCE_PG_DSN or "
+        "postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
+    demo.add_argument(
+        "--duration", type=float, default=None, help="seconds per configuration (default 30)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=None, help="operations started per second (default 40)"
+    )
+    demo.add_argument(
+        "--save-share",
+        type=float,
+        default=None,
+        help="share of saves among operations, the rest searches (default 0.7)",
+    )
+    demo.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="the client's deadline per operation, seconds (default 5)",
+    )
+    demo.add_argument("--seed", type=int, default=None, help="seed of the workload (default 1)")
+    demo.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a run of about 10 s: 4 s per configuration, a 1.5 s deadline, fewer overhead calls",
+    )
+    demo.add_argument("--no-seed", action="store_true", help="skip the seed configuration's run")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -32,10 +32,12 @@ from ...core import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerOpenError,
+    Clock,
     Jitter,
     Listener,
     LoopClock,
     Pipeline,
+    RandomSource,
     Registry,
     Retry,
     RetryConfig,
@@ -54,6 +56,7 @@ __all__ = [
     "build_adaptive",
     "register_policy",
     "resolve_policy",
+    "seed_layer",
 ]
 
 
@@ -126,37 +129,56 @@ def _build_none(ctx: RunContext) -> Stack:
     return Stack(layers=[None] * len(ctx.layers))
 
 
+def seed_layer(name: str, *, clock: Clock, random: RandomSource) -> Pipeline:
+    """One layer of Sage's original configuration: ``Pipeline(retry, breaker)`` named ``name``.
+
+    The retry makes 3 attempts with 0.5 s exponential backoff and the seed's [0.5, 1.0] jitter,
+    retrying every exception (permanent errors and its own breaker's refusals included); under
+    it a :class:`SeedBreaker` opens after 5 failures in 60 s and stays open 60 s. The parts are
+    ``name.retry`` and ``name.breaker`` (``pipeline.policies``, outermost first). The seed
+    stacked three such layers (manager, storage, database); the simulator's ``seed`` policy and
+    ``sage-resilience demo`` build them with this function.
+
+    Args:
+        name: the layer's name.
+        clock: the clock of the retry's sleeps and the breaker's windows.
+        random: ``() -> float`` in [0, 1) for the jitter.
+    """
+    retry = Retry(
+        RetryConfig(
+            max_attempts=3,
+            initial_delay=0.5,
+            strategy=RetryStrategy.EXPONENTIAL,
+            jitter=True,
+            retryable_exceptions=(Exception, CircuitBreakerOpenError),
+            # The seed retried every exception, 4xx-like permanent errors included (the core's
+            # default classification would not).
+            retry_condition=_always,
+            clock=clock,
+            random=random,
+        ),
+        name=f"{name}.retry",
+    )
+    breaker = SeedBreaker(
+        f"{name}.breaker",
+        CircuitBreakerConfig(
+            failure_threshold=5,
+            monitoring_window=60.0,
+            recovery_timeout=60.0,
+            success_threshold=2,
+            half_open_max_calls=1_000_000,
+        ),
+        clock=clock,
+    )
+    return Pipeline(retry, breaker, name=name)
+
+
 def _build_seed(ctx: RunContext) -> Stack:
     layers: list[Any] = []
     for name in ctx.layers:
-        retry = Retry(
-            RetryConfig(
-                max_attempts=3,
-                initial_delay=0.5,
-                strategy=RetryStrategy.EXPONENTIAL,
-                jitter=True,
-                retryable_exceptions=(Exception, CircuitBreakerOpenError),
-                # The seed retried every exception, 4xx-like permanent errors included (the
-                # core's default classification would not).
-                retry_condition=_always,
-                clock=ctx.clock,
-                random=ctx.rng.random,
-            ),
-            name=f"{name}.retry",
-        )
-        breaker = SeedBreaker(
-            f"{name}.breaker",
-            CircuitBreakerConfig(
-                failure_threshold=5,
-                monitoring_window=60.0,
-                recovery_timeout=60.0,
-                success_threshold=2,
-                half_open_max_calls=1_000_000,
-            ),
-            clock=ctx.clock,
-        )
-        ctx.attach(retry, breaker)
-        layers.append(Pipeline(retry, breaker, name=name))
+        layer = seed_layer(name, clock=ctx.clock, random=ctx.rng.random)
+        ctx.attach(*layer.policies)
+        layers.append(layer)
     return Stack(layers=layers)
 
 

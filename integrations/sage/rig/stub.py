@@ -58,6 +58,7 @@ import json
 import math
 import random
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -582,6 +583,25 @@ class EmbeddingStub:
             faults.popleft()
         return None
 
+    def set_limit(self, rpm: int | None, *, burst: int | None = None) -> None:
+        """Change the requests-per-window limit while running (``None``: no limit); ``burst``
+        defaults as in the constructor. The bucket keeps its tokens, capped at the new burst."""
+        rpm = check_optional_int("rpm", rpm, minimum=1)
+        burst = check_optional_int("burst", burst, minimum=1)
+        if burst is not None and rpm is None:
+            raise ValueError("burst needs rpm: there is no bucket without a limit")
+        if rpm is not None and burst is None:
+            burst = max(1, math.ceil(rpm / self.window))
+        with self._lock:
+            now = time.monotonic()
+            if self.rpm is not None and self.burst is not None:
+                self._refill(now, self.rpm, self.burst)
+            else:
+                self._tokens = float(burst or 0)
+                self._refilled_at = now
+            self.rpm, self.burst = rpm, burst
+            self._tokens = min(self._tokens, float(burst or 0))
+
     def _refill(self, now: float, limit: int, burst: int) -> float:
         """Refill the limit's bucket to ``now`` (lock held); returns the refill rate per s."""
         rate = limit / self.window
@@ -767,6 +787,13 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.stub = stub
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a reset, a timeout) is routine here, not an error
+        to print; anything else is still reported."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

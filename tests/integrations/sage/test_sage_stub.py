@@ -183,6 +183,41 @@ def test_the_limit_serves_at_most_burst_plus_rate_over_a_span() -> None:
     assert stats.requests == stats.ok + stats.rate_limited
 
 
+def test_the_limit_can_be_changed_and_lifted_while_running(stub: EmbeddingStub) -> None:
+    """``set_limit`` imposes a limit on a running stub (its bucket starts full), and ``None``
+    lifts it; bad values are refused by name."""
+    with httpx.Client(base_url=stub.url) as http:
+        assert [post(http).status_code for _ in range(5)] == [200] * 5
+        stub.set_limit(3, burst=3)
+        assert [post(http).status_code for _ in range(4)] == [200, 200, 200, 429]
+        stub.set_limit(None)
+        assert [post(http).status_code for _ in range(5)] == [200] * 5
+    assert (stub.rpm, stub.burst) == (None, None)
+    with pytest.raises(ValueError, match="rpm"):
+        stub.set_limit(0)
+    with pytest.raises(ValueError, match="burst"):
+        stub.set_limit(None, burst=2)
+
+
+def test_a_client_hanging_up_prints_no_traceback(
+    stub: EmbeddingStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client that resets its connection mid-request is routine for a fault rig: the server
+    does not print socketserver's traceback for it."""
+    import socket
+    import struct
+
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", stub.port))
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST with the request half sent
+    with httpx.Client(base_url=stub.url) as http:
+        assert post(http).status_code == 200  # the server still answers
+    stub.stop()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_admitted_answers_carry_the_remaining_requests() -> None:
     """120 per minute allows a burst of 2; admitted answers say how many are left."""
     with EmbeddingStub(rpm=120, window=60.0) as stub, httpx.Client(base_url=stub.url) as http:
