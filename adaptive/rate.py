@@ -133,6 +133,11 @@ class AIMDRate(BoundedController):
     requests, whose count alone is noisy enough (±30 % at 50/s in 0.25 s) to cut the rate well
     below the limit now and then.
 
+    ``probe_after`` (seconds, 0 by default: never) switches the increase, after that long
+    without a throttle, to ``probe_growth`` times the rate per second (when that is more than
+    ``increase``): the provider's limit may have been raised or lifted, and a fixed step of 1/s
+    would take minutes to find a limit ten times higher.
+
     ``initial=None`` (the default) starts dormant; a number starts active at that rate.
     """
 
@@ -143,9 +148,12 @@ class AIMDRate(BoundedController):
         "_hold",
         "_last_now",
         "_recent",
+        "_throttled_at",
         "decrease",
         "estimate_window",
         "increase",
+        "probe_after",
+        "probe_growth",
     )
 
     def __init__(
@@ -157,6 +165,8 @@ class AIMDRate(BoundedController):
         increase: float = 0.5,
         decrease: float = 0.9,
         estimate_window: float = 0.0,
+        probe_after: float = 0.0,
+        probe_growth: float = 0.1,
     ) -> None:
         bounds = _check_rate_bounds(bounds)
         start = bounds.maximum if initial is None else initial
@@ -166,6 +176,9 @@ class AIMDRate(BoundedController):
         if self.decrease >= 1.0:
             raise ValueError(f"decrease must be in (0, 1), got {decrease!r}")
         self.estimate_window = check_float("estimate_window", estimate_window, minimum=0.0)
+        self.probe_after = check_float("probe_after", probe_after, minimum=0.0)
+        self.probe_growth = check_float("probe_growth", probe_growth, positive=True)
+        self._throttled_at = -math.inf
         self._active = initial is not None
         self._base = self._value
         # The samples of the last estimate_window seconds: (now, accepted, window).
@@ -184,6 +197,8 @@ class AIMDRate(BoundedController):
         last = self._last_now
         elapsed = snapshot.window if last is None else max(0.0, now - last)
         self._last_now = now
+        if last is None:
+            self._throttled_at = now  # the quiet spell counts from the first update
         hold = self._hold
         accepted = self._accepted_rate(snapshot)
         if snapshot.throttled:
@@ -201,8 +216,14 @@ class AIMDRate(BoundedController):
                 self._base = self.bounds.clamp(self.decrease * min(current, accepted))
                 self._active = True
                 hold.start(now, snapshot.retry_after)
+            self._throttled_at = now
         elif self._active and not hold.active(now) and snapshot.send_rate * 2.0 >= self._base:
-            self._base = self.bounds.clamp(self._base + self.increase * elapsed)
+            step = self.increase
+            if self.probe_after > 0.0 and now - self._throttled_at >= self.probe_after:
+                # Quiet for a while: the provider's limit may have been raised or lifted, so
+                # grow by a share of the rate (as a slow start would) rather than a fixed step.
+                step = max(step, self.probe_growth * self._base)
+            self._base = self.bounds.clamp(self._base + step * elapsed)
         if not self._active:
             return None
         return self._propose(hold.apply(now, self._base))

@@ -103,6 +103,29 @@ def test_aimd_rate_first_throttle_estimates_from_its_own_window() -> None:
     assert rate.update(sample(3.5, sent=25, throttled=5)) == pytest.approx(0.99 * 40.0)
 
 
+def test_aimd_rate_probes_multiplicatively_after_a_quiet_spell() -> None:
+    """After ``probe_after`` seconds without a throttle the rate grows by ``probe_growth`` of
+    itself per second: a limit lifted from 20/s to 100/s is found in seconds, not a minute."""
+    rate = AIMDRate(initial=20.0, increase=1.0, probe_after=5.0, probe_growth=0.2)
+    linear = AIMDRate(initial=20.0, increase=1.0)
+    t, quick, slow = 0.0, None, None
+    while t < 60.0:
+        t += 0.25
+        value = rate.update(sample(t, sent=1000, window=0.25))
+        plain = linear.update(sample(t, sent=1000, window=0.25))
+        if quick is None and value is not None and value >= 54.0:
+            quick = t
+        if slow is None and plain is not None and plain >= 54.0:
+            slow = t
+    assert slow == pytest.approx(34.0, abs=0.3)  # 1/s per second
+    assert quick is not None and 8.0 < quick < 11.0  # 5 s, then +20 % per second
+    # Before probe_after, the step is the plain one; a throttle restarts the quiet spell.
+    fresh = AIMDRate(initial=20.0, increase=1.0, probe_after=5.0, probe_growth=0.2)
+    assert fresh.update(sample(1.0, sent=1000, window=1.0)) == pytest.approx(21.0)
+    fresh.update(sample(2.0, sent=20, throttled=1, window=1.0))
+    assert fresh.update(sample(6.0, sent=1000, window=1.0)) < 25.0
+
+
 def test_aimd_rate_grows_by_increase_per_second_elapsed() -> None:
     """No throttle for 0.5 s at a used rate: 90 + 0.5 * 0.5 = 90.25; then 2 s: + 1."""
     rate = AIMDRate(initial=90.0)
@@ -339,6 +362,8 @@ def test_rates_stay_within_bounds_and_report_exactly_their_changes(
         (lambda: AIMDRate(decrease=1.0), "decrease", ValueError),
         (lambda: AIMDRate(decrease=0.0), "decrease", ValueError),
         (lambda: AIMDRate(estimate_window=-1.0), "estimate_window", ValueError),
+        (lambda: AIMDRate(probe_after=-1.0), "probe_after", ValueError),
+        (lambda: AIMDRate(probe_growth=0.0), "probe_growth", ValueError),
         (lambda: AIMDRate(initial=0.1), "initial", ValueError),
         (lambda: AIMDRate(bounds=Bounds(0.0, 10.0)), "bounds.minimum", ValueError),
         (lambda: AIMDRate(bounds=[1, 2]), "bounds", TypeError),  # type: ignore[arg-type]
