@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from conftest import parse, scrape, value
 from sage_resilience.adaptive import AdaptivePolicy, Decision
 from sage_resilience.core import Event, FakeClock, Registry, SettingChanged
 from sage_resilience.integrations import PrometheusListener, serve_metrics
+from support.telemetry import parse, scrape, value
 
 
 def test_decisions_are_setting_changes() -> None:

@@ -19,9 +19,9 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("yaml")
 
 import yaml
-from conftest import REQUIRE_ENV, build, drive, parse, require_tool, scrape
 from sage_resilience.core import FakeClock, Registry
 from sage_resilience.integrations import PrometheusListener, serve_metrics
+from support.telemetry import REQUIRE_ENV, build, drive, parse, require_tool, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = files("sage_resilience.integrations") / "dashboards"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import Scenario, drive
 from sage_resilience.core import (
     BreakerOutcome,
     BreakerStateChanged,
@@ -23,6 +22,7 @@ from sage_resilience.core import (
     SettingChanged,
 )
 from sage_resilience.integrations import LoggingListener
+from support.telemetry import Scenario, drive
 
 ALL_DEBUG = {
     cls: logging.DEBUG

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("opentelemetry.sdk.metrics")
 pytest.importorskip("prometheus_client")
 
-from conftest import Scenario, drive
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     Gauge,
@@ -23,6 +22,7 @@ from opentelemetry.sdk.metrics.export import (
 from sage_resilience.core import CallRejected, Event, Registry
 from sage_resilience.integrations import METRICS, OpenTelemetryListener, PrometheusListener
 from sage_resilience.integrations._metrics import DEFAULT_BUCKETS, MetricSpec, _unit_suffix
+from support.telemetry import Scenario, drive
 
 Points = dict[frozenset[tuple[str, Any]], Any]
 

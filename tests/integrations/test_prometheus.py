@@ -12,7 +12,6 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from conftest import Scenario, drive, parse, scrape, value
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from sage_resilience.core import (
     BreakerOutcome,
@@ -25,6 +24,7 @@ from sage_resilience.core import (
 )
 from sage_resilience.integrations import METRICS, MetricsServer, PrometheusListener, serve_metrics
 from sage_resilience.integrations import prometheus as prometheus_module
+from support.telemetry import Scenario, drive, parse, scrape, value
 
 
 @dataclass
