@@ -66,7 +66,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from ....core._validate import check_float, check_int, check_optional_float, check_optional_int
 
@@ -109,22 +109,7 @@ FaultKind = Literal[
 """A fault :meth:`EmbeddingStub.inject` can schedule (a status code may also be given as an
 int: ``inject(503)`` is ``inject("503")``)."""
 
-FAULT_KINDS: Final[tuple[str, ...]] = (
-    "400",
-    "401",
-    "403",
-    "404",
-    "429",
-    "500",
-    "502",
-    "503",
-    "504",
-    "slow",
-    "wrong_dimensions",
-    "malformed",
-    "shuffled",
-    "disconnect",
-)
+FAULT_KINDS: Final[tuple[str, ...]] = get_args(FaultKind)
 """Every :data:`FaultKind`, in order."""
 
 _ANSWERING_FAULTS: Final = frozenset({"slow", "wrong_dimensions", "malformed", "shuffled"})
