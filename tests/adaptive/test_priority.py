@@ -4,8 +4,9 @@ level's max_wait, shedding strictly from the lowest level up (by example, and in
 overload), the full line, reservations, runtime limits, cancellation, exact stats, events, bad
 input, the policy forms, threads, and a rule-based state machine over the decision core.
 
-Time never passes for real: a FakeClock, a ManualClock (below) whose waits block until the test
-moves time past them, or an event loop on looptime's virtual time read through LoopClock.
+Time never passes for real: a FakeClock, a ManualClock (``support.threads``) whose waits block
+until the test moves time past them, or an event loop on looptime's virtual time read through
+LoopClock.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextvars
 import math
 import os
-import queue
 import random
 import sys
 import threading
@@ -43,9 +43,9 @@ from sage_resilience.core import (
     SettingChanged,
     ShedError,
 )
+from support.threads import JOIN_TIMEOUT, ManualClock, Worker
 
 CRITICAL, HIGH, NORMAL, LOW, SHEDDABLE = Priority
-JOIN_TIMEOUT = 30.0  # real seconds; reached only if something deadlocks
 PATIENT = {level: 100.0 for level in Priority}  # max_wait that never runs out in a test
 
 # Sleeps here run on a virtual-time loop (looptime, or the simulator's): sleeping on the loop's
@@ -905,81 +905,10 @@ async def test_the_level_given_per_call_wins_over_the_context() -> None:
 # -- threads ---------------------------------------------------------------------------------
 
 
-class ManualClock:
-    """A fake clock for threads: time moves only by :meth:`advance`; a waiting thread blocks
-    until woken or until ``advance`` passes its timeout; the test can count parked threads."""
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        self._cond = threading.Condition()
-        self._parked: dict[int, tuple[threading.Event, float]] = {}
-
-    def now(self) -> float:
-        return self._now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    async def await_future(self, future: asyncio.Future[Any], timeout: float | None) -> bool:
-        raise AssertionError("ManualClock serves threads only")
-
-    def advance(self, seconds: float) -> None:
-        with self._cond:
-            self._now += seconds
-            for event, deadline in self._parked.values():
-                if deadline <= self._now:
-                    event.set()
-
-    def wait(self, event: threading.Event, timeout: float | None) -> bool:
-        me = threading.get_ident()
-        with self._cond:
-            if event.is_set():
-                return True
-            self._parked[me] = (event, math.inf if timeout is None else self._now + timeout)
-            self._cond.notify_all()
-        try:
-            assert event.wait(JOIN_TIMEOUT), "a parked thread was never woken"
-        finally:
-            with self._cond:
-                del self._parked[me]
-                self._cond.notify_all()
-        return True
-
-    def wait_parked(self, count: int) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self._parked) == count, JOIN_TIMEOUT)
-
-
-class Worker:
-    """Runs ``fn`` in a thread; :meth:`result` returns what it returned (or re-raises)."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._out: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-        def body() -> None:
-            try:
-                self._out.put((True, fn()))
-            except BaseException as exc:
-                self._out.put((False, exc))
-
-        self.thread = threading.Thread(target=body, daemon=True)
-        self.thread.start()
-
-    def result(self) -> Any:
-        ok, value = self._out.get(timeout=JOIN_TIMEOUT)
-        self.thread.join(JOIN_TIMEOUT)
-        if not ok:
-            raise value
-        return value
-
-
 def test_threads_wait_by_priority_and_give_up_after_max_wait() -> None:
     """Sync waiters in threads: a release lets the most important in; a waiter whose max_wait
     passes on the clock is shed; each thread uses its own context's priority."""
-    clock = ManualClock()
+    clock = ManualClock(start=0.0)
     limiter = PriorityLimiter(1, clock=clock)
     held = limiter.acquire(NORMAL)
 
